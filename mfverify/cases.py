@@ -1,0 +1,349 @@
+"""Gaussian-mixture data laws p0 and the named cases (MATH.md §3).
+
+``GaussianMixture``: ``p0 = sum_k w_k N(mu_k, S_k)`` with full covariances.
+``ProductMixture``: independent coordinates, each a 1-D mixture; as a single
+mixture it would have ``prod_j K_j`` components, so the truth treats it
+coordinate by coordinate.
+
+Both hold float64 CPU tensors and hand out copies on other devices through
+``tensors(device)`` (cached). Validation is strict: nothing is normalised or
+symmetrised silently beyond round-off.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["GaussianMixture", "ProductMixture", "get_case", "list_cases"]
+
+# Round-off allowances for validating user parameters: a covariance built in
+# float64 from exact symmetric formulas is symmetric to ~1e-16 relative, and
+# weights written as decimals sum to 1 within a few ulps.
+_SYM_RTOL = 1e-10
+_PSD_RTOL = 1e-10
+_WEIGHT_SUM_TOL = 1e-10
+
+
+def _to_float64(name: str, value, ndim: int | None = None) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to(device="cpu", dtype=torch.float64)
+    elif isinstance(value, (np.ndarray, list, tuple, float, int)):
+        try:
+            tensor = torch.as_tensor(np.array(value, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name} must be numeric, got {value!r}") from err
+    else:
+        raise TypeError(f"{name} must be a torch tensor, numpy array or sequence, got {type(value).__name__}")
+    if ndim is not None and tensor.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(tensor.shape)}")
+    if not torch.isfinite(tensor).all():
+        bad = tensor[~torch.isfinite(tensor)].flatten()[0].item()
+        raise ValueError(f"{name} must be finite, found {bad}")
+    return tensor
+
+
+def _check_weights(weights: torch.Tensor, name: str = "weights") -> None:
+    if (weights < 0).any():
+        raise ValueError(f"{name} must be non-negative, found {weights.min().item()}")
+    total = weights.sum().item()
+    if abs(total - 1.0) > _WEIGHT_SUM_TOL:
+        raise ValueError(f"{name} must sum to 1 (they are not normalised for you), they sum to {total!r}")
+
+
+class GaussianMixture:
+    """``p0 = sum_k w_k N(mu_k, S_k)``; weights (K,), means (K, d), covs (K, d, d).
+
+    Each ``S_k`` must be symmetric positive semi-definite. ``S_k = 0`` for all k
+    is a Dirac mixture (a finite data set). The eigendecomposition
+    ``S_k = Q_k diag(lam_k) Q_k^T`` is computed once and cached.
+    """
+
+    def __init__(self, weights, means, covs, description: str = ""):
+        w = _to_float64("weights", weights, ndim=1)
+        mu = _to_float64("means", means, ndim=2)
+        S = _to_float64("covs", covs, ndim=3)
+        K, d = mu.shape
+        if K == 0 or d == 0:
+            raise ValueError(f"means must have at least one component and one dimension, got shape {(K, d)}")
+        if w.shape[0] != K:
+            raise ValueError(f"weights has {w.shape[0]} entries but means has {K} components")
+        if S.shape != (K, d, d):
+            raise ValueError(f"covs must have shape {(K, d, d)} to match means, got {tuple(S.shape)}")
+        _check_weights(w)
+        scale = S.abs().amax(dim=(1, 2)).clamp_min(1.0)
+        asym = (S - S.transpose(1, 2)).abs().amax(dim=(1, 2))
+        if (asym > _SYM_RTOL * scale).any():
+            k = int(torch.argmax(asym / scale))
+            raise ValueError(f"covs[{k}] is not symmetric: max |S - S^T| = {asym[k].item():.3e}")
+        S = 0.5 * (S + S.transpose(1, 2))
+        lam, Q = torch.linalg.eigh(S)
+        if (lam < -_PSD_RTOL * scale[:, None]).any():
+            k = int(torch.argmin(lam.min(dim=1).values / scale))
+            raise ValueError(
+                f"covs[{k}] is not positive semi-definite: smallest eigenvalue {lam[k].min().item():.3e}"
+            )
+        self.weights, self.means, self.covs = w, mu, S
+        self.eigvals = lam.clamp_min(0.0)  # (K, d), round-off negatives -> 0
+        self.eigvecs = Q  # (K, d, d), columns are eigenvectors
+        self.description = description
+        self._cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    @property
+    def K(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def is_dirac(self) -> bool:
+        """True when every covariance is zero: a finite data set."""
+        return bool((self.eigvals == 0).all())
+
+    @property
+    def is_singular(self) -> bool:
+        """True when some covariance has a zero eigenvalue (p0 has no density)."""
+        return bool((self.eigvals == 0).any())
+
+    def __repr__(self) -> str:
+        return f"GaussianMixture(K={self.K}, d={self.d})"
+
+    def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Parameters on ``device``, laid out for batched evaluation.
+
+        ``Qcat`` (d, K*d) stacks the eigenbases so that ``x @ Qcat`` gives every
+        component's eigen-coordinates at once; ``muQ`` (K*d,) is ``Q_k^T mu_k``.
+        """
+        key = str(torch.device(device))
+        if key not in self._cache:
+            K, d = self.K, self.d
+            Q = self.eigvecs
+            qcat = Q.permute(1, 0, 2).reshape(d, K * d)  # [:, k*d + i] = Q_k[:, i]
+            muq = torch.einsum("kd,kde->ke", self.means, Q).reshape(K * d)
+            E = torch.eye(K, dtype=torch.float64).repeat_interleave(d, dim=0)  # (K*d, K)
+            cpu = {
+                "E": E,
+                "ET": E.T.contiguous(),
+                "log_w": torch.log(self.weights),
+                "mu": self.means,
+                "lam": self.eigvals.reshape(K * d),
+                "Qcat": qcat,
+                "QcatT": qcat.T.contiguous(),
+                "muQ": muq,
+                "Q": Q,
+            }
+            self._cache[key] = {k: v.to(device) for k, v in cpu.items()}
+        return self._cache[key]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws of ``x0 ~ p0`` as an (n, d) float64 CPU tensor."""
+        n = _check_count("n", n)
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.d, dtype=torch.float64, generator=generator)
+        root = self.eigvecs * self.eigvals.sqrt()[:, None, :]  # S_k = root root^T
+        return self.means[k] + torch.einsum("nij,nj->ni", root[k], eps)
+
+    def log_prob(self, x) -> torch.Tensor:
+        """``log p0(x)`` (n,); -inf off the support of a singular mixture."""
+        from mfverify.truth.fields import log_density  # the truth owns the formula
+
+        return log_density(self, x, 0.0)
+
+
+class ProductMixture:
+    """Independent coordinates, coordinate j distributed as the 1-D mixture ``factors[j]``.
+
+    Stored padded: ``weights, means, variances`` of shape (d, Kmax); padding has
+    weight 0. ``K`` is the number of components of the equivalent full mixture.
+    """
+
+    def __init__(self, factors: Sequence[GaussianMixture], description: str = ""):
+        factors = list(factors)
+        if not factors:
+            raise ValueError("factors must hold at least one 1-D mixture, got none")
+        for j, f in enumerate(factors):
+            if not isinstance(f, GaussianMixture):
+                raise TypeError(f"factors[{j}] must be a GaussianMixture, got {type(f).__name__}")
+            if f.d != 1:
+                raise ValueError(f"factors[{j}] must be one-dimensional, got d={f.d}")
+        kmax = max(f.K for f in factors)
+        d = len(factors)
+        w = torch.zeros(d, kmax, dtype=torch.float64)
+        mu = torch.zeros(d, kmax, dtype=torch.float64)
+        var = torch.ones(d, kmax, dtype=torch.float64)
+        for j, f in enumerate(factors):
+            w[j, : f.K] = f.weights
+            mu[j, : f.K] = f.means[:, 0]
+            var[j, : f.K] = f.covs[:, 0, 0]
+        self.factors = factors
+        self.weights, self.means, self.variances = w, mu, var
+        self.description = description
+        self._cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    @property
+    def d(self) -> int:
+        return len(self.factors)
+
+    @property
+    def K(self) -> int:
+        return math.prod(f.K for f in self.factors)
+
+    @property
+    def is_dirac(self) -> bool:
+        return all(f.is_dirac for f in self.factors)
+
+    @property
+    def is_singular(self) -> bool:
+        return any(f.is_singular for f in self.factors)
+
+    def __repr__(self) -> str:
+        return f"ProductMixture(d={self.d}, K={self.K})"
+
+    def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        key = str(torch.device(device))
+        if key not in self._cache:
+            log_w = torch.log(self.weights)  # padding -> -inf, dropped by the softmax
+            cpu = {"log_w": log_w, "mu": self.means, "var": self.variances}
+            self._cache[key] = {k: v.to(device) for k, v in cpu.items()}
+        return self._cache[key]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        n = _check_count("n", n)
+        return torch.cat([f.sample(n, generator=generator) for f in self.factors], dim=1)
+
+    def log_prob(self, x) -> torch.Tensor:
+        from mfverify.truth.fields import log_density
+
+        return log_density(self, x, 0.0)
+
+    def to_mixture(self, max_components: int = 4096) -> GaussianMixture:
+        """The same law as one ``GaussianMixture`` with ``prod_j K_j`` diagonal components."""
+        if self.K > max_components:
+            raise ValueError(f"the product has {self.K} components, more than max_components={max_components}")
+        w = torch.ones(1, dtype=torch.float64)
+        mu = torch.zeros(1, 0, dtype=torch.float64)
+        var = torch.zeros(1, 0, dtype=torch.float64)
+        for f in self.factors:
+            w = (w[:, None] * f.weights[None, :]).reshape(-1)
+            mu = torch.cat([mu.repeat_interleave(f.K, 0), f.means.repeat(mu.shape[0], 1)], dim=1)
+            var = torch.cat([var.repeat_interleave(f.K, 0), f.covs[:, 0, :].repeat(var.shape[0], 1)], dim=1)
+        return GaussianMixture(w / w.sum(), mu, torch.diag_embed(var), self.description)
+
+
+Mixture = GaussianMixture | ProductMixture
+
+
+def _check_count(name: str, n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"{name} must be non-negative, got {n}")
+    return int(n)
+
+
+# ---------------------------------------------------------------- named cases
+
+
+def _mixture1d(weights, means, stds, description="") -> GaussianMixture:
+    stds = np.asarray(stds, dtype=np.float64)
+    return GaussianMixture(
+        weights, np.asarray(means, dtype=np.float64)[:, None], (stds**2)[:, None, None], description
+    )
+
+
+def _gauss1d() -> GaussianMixture:
+    return _mixture1d([1.0], [1.0], [0.5], "one Gaussian in 1-D, N(1, 0.5^2)")
+
+
+def _bimodal1d() -> GaussianMixture:
+    return _mixture1d(
+        [0.3, 0.7], [-1.5, 1.0], [0.2, 0.5], "1-D, weights 0.3/0.7 at -1.5/1.0, std 0.2/0.5"
+    )
+
+
+def _gauss2d_aniso() -> GaussianMixture:
+    cov = np.array([[0.5, 0.35], [0.35, 0.4]])
+    return GaussianMixture([1.0], [[1.0, -0.5]], cov[None], "one correlated 2-D Gaussian, corr 0.78")
+
+
+def _ring8() -> GaussianMixture:
+    angle = 2 * np.pi * np.arange(8) / 8
+    means = 2.0 * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    covs = np.broadcast_to(0.1**2 * np.eye(2), (8, 2, 2))
+    return GaussianMixture(np.full(8, 1 / 8), means, covs, "8 equal components on a circle of radius 2, std 0.1")
+
+
+def _narrow2d() -> GaussianMixture:
+    means = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
+    covs = np.broadcast_to(1e-3**2 * np.eye(2), (4, 2, 2))
+    return GaussianMixture(np.full(4, 0.25), means, covs, "4 components at (+-1, +-1), std 1e-3")
+
+
+def _dirac2d() -> GaussianMixture:
+    rng = np.random.default_rng(2)
+    means = rng.uniform(-1.5, 1.5, size=(6, 2))
+    return GaussianMixture(np.full(6, 1 / 6), means, np.zeros((6, 2, 2)), "6 points in 2-D (covariances 0)")
+
+
+def _product8d() -> ProductMixture:
+    factors = [
+        _mixture1d([0.4, 0.6], [-1.0 - 0.1 * j, 1.0 + 0.05 * j], [0.3, 0.15 + 0.02 * j]) for j in range(8)
+    ]
+    return ProductMixture(factors, "8-D product of 1-D bimodal mixtures (exact by quantile matching)")
+
+
+def _random16d() -> GaussianMixture:
+    rng = np.random.default_rng(16)
+    K, d = 8, 16
+    weights = rng.dirichlet(np.full(K, 5.0))
+    weights /= weights.sum()
+    means = rng.normal(0.0, 1.5, size=(K, d))
+    covs = []
+    for _ in range(K):
+        q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+        lam = np.exp(rng.uniform(np.log(0.01), np.log(0.5), size=d))
+        covs.append((q * lam) @ q.T)
+    covs = np.stack(covs)
+    covs = 0.5 * (covs + covs.transpose(0, 2, 1))
+    return GaussianMixture(weights, means, covs, "K=8 random full covariances in 16-D (seed 16), std 0.1-0.7")
+
+
+@dataclass(frozen=True)
+class _Case:
+    build: Callable[[], GaussianMixture | ProductMixture]
+    description: str
+
+
+_CASES: dict[str, _Case] = {
+    "gauss1d": _Case(_gauss1d, "one Gaussian in 1-D, N(1, 0.5^2)"),
+    "bimodal1d": _Case(_bimodal1d, "1-D two components, unequal weights (0.3/0.7) and widths (0.2/0.5)"),
+    "gauss2d_aniso": _Case(_gauss2d_aniso, "one 2-D Gaussian with a correlated full covariance"),
+    "ring8": _Case(_ring8, "8 components on a circle of radius 2, std 0.1"),
+    "narrow2d": _Case(_narrow2d, "4 components at (+-1, +-1) of std 1e-3"),
+    "dirac2d": _Case(_dirac2d, "a finite data set of 6 points in 2-D (covariances 0)"),
+    "product8d": _Case(_product8d, "product of 8 independent 1-D bimodal mixtures (exact by quantiles)"),
+    "random16d": _Case(_random16d, "K=8 random full covariances in 16-D, fixed seed"),
+}
+
+
+def list_cases() -> dict[str, str]:
+    """Names of the cases with a one-line description each."""
+    return {name: case.description for name, case in _CASES.items()}
+
+
+def get_case(name: str) -> GaussianMixture | ProductMixture:
+    """The named case, freshly built (cases are deterministic)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if name not in _CASES:
+        raise ValueError(f"unknown case {name!r}; known cases: {', '.join(_CASES)}")
+    case = _CASES[name]
+    mixture = case.build()
+    mixture.description = case.description
+    return mixture

@@ -1,0 +1,237 @@
+"""Ground truth for Gaussian-mixture paths (MATH.md §1-3).
+
+Inputs ``x`` (n, d) as torch tensors or numpy arrays; ``r``, ``t`` floats or
+(n,) arrays in [0, 1] with ``r <= t``. Outputs are float64 torch tensors on
+x's device (CPU for numpy).
+
+Routes for the flow map and the average velocity (``method=``):
+
+- ``"closed_form"``: one Gaussian, any full covariance (``gaussian.py``);
+- ``"quantile"``: 1-D mixtures and ``ProductMixture`` (``quantile.py``);
+- ``"ode"``: any mixture, adaptive DOP853 in float64 with per-point steps (``ode.py``).
+
+``method=None`` picks the most exact route that applies: closed form, else
+quantile matching (with the ODE route for intervals ``t - r`` shorter than
+``QUANTILE_MIN_INTERVAL``, where ``(x - Phi) / (t - r)`` would lose digits),
+else the ODE. Forcing a route that does not apply raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mfverify.truth import gaussian, ode, quantile
+from mfverify.truth.fields import moments_raw, posterior_raw, score_raw, velocity_raw
+from mfverify.truth.inputs import as_points, as_times, prepare
+from mfverify.truth.solver import SolverStats
+
+__all__ = [
+    "velocity",
+    "score",
+    "posterior_weights",
+    "conditional_moments",
+    "flow_map",
+    "average_velocity",
+    "average_velocity_jvp",
+    "average_velocity_jacobian",
+    "METHODS",
+    "DEFAULT_RTOL",
+    "DEFAULT_ATOL",
+    "SolverStats",
+]
+
+METHODS = ("closed_form", "quantile", "ode")
+# Default ODE tolerances: benchmarks/truth_bench.py shows max |u - u_tight| <= 1e-9
+# at these settings on ring8, random16d and narrow2d.
+DEFAULT_RTOL = 1e-11
+DEFAULT_ATOL = 1e-11
+# Below this interval the quantile route's (x - Phi)/(t - r) loses more than
+# ~1e-13 to round-off; the ODE over such a short interval is cheap and exact.
+QUANTILE_MIN_INTERVAL = 1e-2
+
+
+def velocity(mixture, x, t) -> torch.Tensor:
+    """``v(x, t) = E[x1 - x0 | x_t = x]`` (n, d) (MATH.md §3)."""
+    x, t, _ = prepare(mixture, x, t, need_density=True)
+    return velocity_raw(mixture, x, t)
+
+
+def score(mixture, x, t) -> torch.Tensor:
+    """``grad_x log p_t(x)`` (n, d)."""
+    x, t, _ = prepare(mixture, x, t, need_density=True)
+    return score_raw(mixture, x, t)
+
+
+def posterior_weights(mixture, x, t) -> torch.Tensor:
+    """``pi_k(x, t)`` (n, K); for a ``ProductMixture`` per coordinate, (n, d, K_max)."""
+    x, t, _ = prepare(mixture, x, t, need_density=True)
+    return posterior_raw(mixture, x, t)
+
+
+def conditional_moments(mixture, x, t) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(E[v_c | x_t = x] (n, d), Cov[v_c | x_t = x] (n, d, d))``, closed form."""
+    x, t, _ = prepare(mixture, x, t, need_density=True)
+    return moments_raw(mixture, x, t)
+
+
+def flow_map(mixture, x, t, r, method=None, rtol=None, atol=None) -> torch.Tensor:
+    """``Phi(x, t -> r)`` (n, d), ``r <= t``: the ODE solution at r started from x at t."""
+    x, t, r = prepare(mixture, x, t, r, need_density=True)
+    u, _ = _average_velocity(mixture, x, r, t, None, method, rtol, atol)
+    return x - (t - r)[:, None] * u
+
+
+def average_velocity(mixture, x, r, t, method=None, rtol=None, atol=None) -> torch.Tensor:
+    """``u(x, r, t) = (x - Phi(x, t -> r)) / (t - r)`` (n, d); ``v(x, t)`` where ``r == t``."""
+    x, t, r = prepare(mixture, x, t, r, need_density=True)
+    u, _ = _average_velocity(mixture, x, r, t, None, method, rtol, atol)
+    return u
+
+
+def average_velocity_jvp(mixture, x, r, t, dx, dr, dt, method=None, rtol=None, atol=None):
+    """``(u, du)``: ``u(x, r, t)`` and its derivative along the tangent ``(dx, dr, dt)``.
+
+    ``du = J_x u . dx + d_r u dr + d_t u dt`` (n, d). With ``(dx, dr, dt) = (v, 0, 1)``
+    it is the total derivative ``d/dt u(x_t, r, t)`` of MATH.md §1. Closed form:
+    forward-mode AD through the formula; quantile: implicit function theorem;
+    ODE: the variational equation.
+    """
+    x, t, r = prepare(mixture, x, t, r, need_density=True)
+    n, d = x.shape
+    dx = as_points(dx, d, "dx").to(x.device)
+    if dx.shape[0] != n:
+        raise ValueError(f"dx must have shape ({n}, {d}) like x, got {tuple(dx.shape)}")
+    dr = _as_tangent_time(dr, n, x.device, "dr")
+    dt = _as_tangent_time(dt, n, x.device, "dt")
+    u, du = _average_velocity(mixture, x, r, t, (dx[:, None], dr[:, None], dt[:, None]), method, rtol, atol)
+    return u, du[:, 0]
+
+
+def average_velocity_jacobian(mixture, x, r, t, method=None, rtol=None, atol=None) -> torch.Tensor:
+    """``J_x u(x, r, t)`` (n, d, d), ``[i, a, b] = d u_a / d x_b``."""
+    x, t, r = prepare(mixture, x, t, r, need_density=True)
+    n, d = x.shape
+    eye = torch.eye(d, dtype=torch.float64, device=x.device).expand(n, d, d)
+    zeros = torch.zeros(n, d, dtype=torch.float64, device=x.device)
+    _, du = _average_velocity(mixture, x, r, t, (eye, zeros, zeros), method, rtol, atol)
+    return du.transpose(1, 2)  # du[:, b] is the derivative along e_b
+
+
+# ------------------------------------------------------------------ routing
+
+
+def _as_tangent_time(value, n, device, name):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.full((n,), float(value), dtype=torch.float64, device=device)
+    tensor = torch.as_tensor(value, dtype=torch.float64).to(device)
+    if tensor.shape != (n,):
+        raise ValueError(f"{name} must be a float or have shape ({n},), got {tuple(tensor.shape)}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} must be finite")
+    return tensor
+
+
+def _check_tolerance(name, value, default):
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not (0 < value < 1):
+        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+    return float(value)
+
+
+def _average_velocity(mixture, x, r, t, tangent, method, rtol, atol):
+    """Dispatch to a route; ``tangent = (dx (n,m,d), dr (n,m), dt (n,m))`` or None."""
+    rtol = _check_tolerance("rtol", rtol, DEFAULT_RTOL)
+    atol = _check_tolerance("atol", atol, DEFAULT_ATOL)
+    if method is not None and method not in METHODS:
+        raise ValueError(f"method must be None or one of {METHODS}, got {method!r}")
+    if method == "closed_form" and not gaussian.applies(mixture):
+        raise ValueError(f"method='closed_form' applies to a single Gaussian (K=1), not to {mixture!r}")
+    if method == "quantile" and not quantile.applies(mixture, r):
+        raise ValueError(
+            f"method='quantile' applies to 1-D and product mixtures (and not at r = 0 when a "
+            f"component has zero width), not to {mixture!r} here"
+        )
+    forced = method is not None
+    if method is None:
+        method = "closed_form" if gaussian.applies(mixture) else None
+    if method is None:
+        method = "quantile" if quantile.applies(mixture, r) else "ode"
+
+    if method == "closed_form":
+        return _closed_form(mixture, x, r, t, tangent)
+    if method == "ode":
+        return ode.average_velocity(mixture, x, r, t, rtol=rtol, atol=atol, tangent=tangent)
+    # quantile; by default short intervals go to the ODE (forced: every point by quantiles)
+    short = (t - r) < QUANTILE_MIN_INTERVAL
+    u = torch.empty_like(x)
+    du = None if tangent is None else torch.empty_like(tangent[0])
+    at_t = r == t
+    if bool(at_t.any()):
+        _fill(u, du, at_t, *_closed_at_t(mixture, x, t, tangent, at_t))
+    long = ~at_t if forced else ~short
+    if bool(long.any()):
+        _fill(u, du, long, *_quantile(mixture, x, r, t, tangent, long))
+    rest = ~at_t & ~long
+    if bool(rest.any()):
+        sub = None if tangent is None else tuple(a[rest] for a in tangent)
+        _fill(u, du, rest, *ode.average_velocity(mixture, x[rest], r[rest], t[rest], rtol=rtol, atol=atol, tangent=sub))
+    return u, du
+
+
+def _fill(u, du, mask, u_m, du_m):
+    u[mask] = u_m
+    if du is not None:
+        du[mask] = du_m
+
+
+def _closed_form(mixture, x, r, t, tangent):
+    if tangent is None:
+        return gaussian.average_velocity(mixture, x, r, t), None
+    dx, dr, dt = tangent
+    m = dx.shape[1]
+    rep = lambda a: a.repeat_interleave(m, 0)  # noqa: E731
+    n, d = x.shape
+    u, du = torch.func.jvp(
+        lambda x_, r_, t_: gaussian.average_velocity(mixture, x_, r_, t_),
+        (rep(x), rep(r), rep(t)),
+        (dx.reshape(n * m, d), dr.reshape(n * m), dt.reshape(n * m)),
+    )
+    return u.view(n, m, d)[:, 0], du.view(n, m, d)
+
+
+def _closed_at_t(mixture, x, t, tangent, mask):
+    """``u(x, t, t) = v(x, t)``; its tangent is ``J_x v dx + d_t v dt + (1/2)(J_x v . v + d_t v)(dr - dt)``."""
+    xm, tm = x[mask], t[mask]
+    v = velocity_raw(mixture, xm, tm)
+    if tangent is None:
+        return v, None
+    # d_r u at r = t equals (1/2) dv/dt along the flow (Taylor expansion of u in t - r)
+    dx, dr, dt = (a[mask] for a in tangent)
+    n, m, d = dx.shape
+    rep = lambda a: a.repeat_interleave(m, 0)  # noqa: E731
+    f = lambda x_, t_: velocity_raw(mixture, x_, t_)  # noqa: E731
+    _, dv = torch.func.jvp(f, (rep(xm), rep(tm)), (dx.reshape(n * m, d), dt.reshape(n * m)))
+    _, dv_flow = torch.func.jvp(f, (xm, tm), (v, torch.ones_like(tm)))
+    du = dv.view(n, m, d) + 0.5 * dv_flow[:, None, :] * (dr - dt)[..., None]
+    return v, du
+
+
+def _quantile(mixture, x, r, t, tangent, mask):
+    xm, rm, tm = x[mask], r[mask], t[mask]
+    h = (tm - rm)[:, None]
+    if tangent is None:
+        phi, _ = quantile.flow_map_with_tangent(mixture, xm, rm, tm)
+        return (xm - phi) / h, None
+    dx, dr, dt = (a[mask] for a in tangent)
+    n, m, d = dx.shape
+    rep = lambda a: a.repeat_interleave(m, 0)  # noqa: E731
+    phi, dphi = quantile.flow_map_with_tangent(
+        mixture, rep(xm), rep(rm), rep(tm), (dx.reshape(n * m, d), dr.reshape(n * m), dt.reshape(n * m))
+    )
+    phi = phi.view(n, m, d)[:, 0]
+    u = (xm - phi) / h
+    du = (dx - dphi.view(n, m, d)) / h[..., None] - u[:, None, :] * ((dt - dr) / h)[..., None]
+    return u, du

@@ -1,0 +1,82 @@
+"""Validation of the truth functions' inputs: one place, one set of messages."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+from mfverify.cases import GaussianMixture, ProductMixture
+
+
+def as_points(x, d: int, name: str = "x") -> torch.Tensor:
+    """``x`` as an (n, d) float64 tensor on its own device (CPU for numpy)."""
+    if isinstance(x, torch.Tensor):
+        if x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real tensor, got dtype {x.dtype}")
+        x = x.detach().to(torch.float64)
+    elif isinstance(x, (np.ndarray, list, tuple)):
+        try:
+            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name} must be numeric") from err
+    else:
+        raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}")
+    if x.ndim != 2 or x.shape[1] != d:
+        raise ValueError(f"{name} must have shape (n, {d}) for this mixture, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite, found {x[~torch.isfinite(x)][0].item()}")
+    return x
+
+
+def as_times(value, n: int, device, name: str) -> torch.Tensor:
+    """A float or an (n,) array as an (n,) float64 tensor in [0, 1]."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a float or an (n,) tensor, got bool")
+    if isinstance(value, numbers.Real):
+        tensor = torch.full((n,), float(value), dtype=torch.float64, device=device)
+    elif isinstance(value, (torch.Tensor, np.ndarray)):
+        tensor = torch.as_tensor(value).detach().to(device=device, dtype=torch.float64)
+        if tensor.ndim == 0:
+            tensor = tensor.expand(n).clone()
+        elif tensor.shape != (n,):
+            raise ValueError(f"{name} must be a float or have shape ({n},), got {tuple(tensor.shape)}")
+    else:
+        raise TypeError(f"{name} must be a float or an (n,) tensor, got {type(value).__name__}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} must be finite, found {tensor[~torch.isfinite(tensor)][0].item()}")
+    outside = (tensor < 0) | (tensor > 1)
+    if outside.any():
+        raise ValueError(f"{name} must lie in [0, 1], found {tensor[outside][0].item()!r}")
+    return tensor
+
+
+def check_mixture(mixture) -> None:
+    if not isinstance(mixture, (GaussianMixture, ProductMixture)):
+        raise TypeError(f"mixture must be a GaussianMixture or ProductMixture, got {type(mixture).__name__}")
+
+
+def prepare(mixture, x, t, r=None, need_density: bool = False):
+    """Validated ``(x (n, d), t (n,), r (n,) or None)`` on x's device.
+
+    ``need_density``: the caller evaluates ``p_t`` (velocity, score, ...) at t,
+    which a mixture with a singular covariance does not have at t = 0.
+    """
+    check_mixture(mixture)
+    x = as_points(x, mixture.d)
+    n = x.shape[0]
+    t = as_times(t, n, x.device, "t")
+    if r is not None:
+        r = as_times(r, n, x.device, "r")
+        bad = r > t
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"r must be <= t, found r={r[i].item()!r} > t={t[i].item()!r} at index {i}")
+    if need_density and mixture.is_singular and bool((t == 0).any()):
+        kind = "a Dirac mixture (covariances 0)" if mixture.is_dirac else "a mixture with a singular covariance"
+        raise ValueError(
+            f"t = 0 is not allowed for {kind}: p_0 has no density there, so the velocity, score "
+            "and posterior at t = 0 are undefined"
+        )
+    return x, t, r
