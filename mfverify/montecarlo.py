@@ -61,3 +61,27 @@ def conditional_mean_mc(
 def z_scores(exact: torch.Tensor, estimate: torch.Tensor, stderr: torch.Tensor) -> torch.Tensor:
     """``|exact - estimate| / stderr`` entrywise."""
     return (exact - estimate).abs() / stderr.clamp_min(1e-300)
+
+
+def sample_conditional_velocity(mixture, x, t: float, n_samples: int, generator=None) -> torch.Tensor:
+    """Exact draws of ``v_c`` given ``x_t = x`` (m, N, d) for a ``GaussianMixture``.
+
+    Given ``x_t = x`` the posterior of ``x0`` is a Gaussian mixture, hence so is
+    ``v_c``: component k with probability ``pi_k``, mean ``E[v_c | x, k]`` and
+    covariance ``Q_k diag(lam_k / c_k) Q_k^T`` (``mfverify.truth.fields``).
+    """
+    from mfverify.cases import GaussianMixture
+    from mfverify.truth.fields import gm_component_moments
+
+    if not isinstance(mixture, GaussianMixture):
+        raise TypeError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
+    x = torch.as_tensor(x, dtype=torch.float64)
+    m, d = x.shape
+    tt = torch.full((m,), float(t), dtype=torch.float64)
+    pi, g, var = gm_component_moments(mixture, x, tt)
+    k = torch.multinomial(pi, n_samples, replacement=True, generator=generator)  # (m, N)
+    eps = torch.randn(m, n_samples, d, generator=generator, dtype=torch.float64)
+    rows = torch.arange(m)[:, None]
+    std_eig = var[rows, k].sqrt()  # (m, N, d)
+    Q = mixture.eigvecs[k]  # (m, N, d, d)
+    return g[rows, k] + torch.einsum("mnij,mnj->mni", Q, std_eig * eps)

@@ -17,8 +17,8 @@ from .strategies import gaussians, mixtures, mixtures_1d, points_on_path, produc
 ODE_CASES = ["ring8", "narrow2d", "dirac2d", "random16d"]
 EXACT_CASES = ["gauss1d", "bimodal1d", "gauss2d_aniso", "product8d"]
 # Tight ODE tolerances for route comparisons: the solver's own error is then
-# ~1e-12, far below the 1e-9 bar, so a disagreement is a formula error.
-TIGHT = dict(rtol=1e-12, atol=1e-12)
+# ~1e-11, far below the 1e-9 bar, so a disagreement is a formula error.
+TIGHT = dict(rtol=1e-13, atol=1e-13)
 
 
 def _path_points(mixture, n, seed, t_min=0.05, r_min=0.0):
@@ -357,3 +357,31 @@ def test_singular_non_dirac_mixture_to_r_zero_is_an_error():
     gm = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], [np.diag([1.0, 0.0]), np.eye(2)])
     with pytest.raises(ValueError, match="r = 0 is not supported"):
         truth.average_velocity(gm, np.zeros((1, 2)), 0.0, 0.5)
+
+
+@pytest.mark.parametrize(
+    "name, method", [("gauss2d_aniso", "closed_form"), ("bimodal1d", "quantile"), ("product8d", "quantile"), ("ring8", "ode")]
+)
+def test_derivatives_of_u_match_finite_differences_and_the_identity(name, method):
+    m = get_case(name)
+    x, r, t = _path_points(m, 4, 21, t_min=0.3)
+    t = t.clamp_max(0.95)
+    r = torch.minimum(r, t - 0.05).clamp_min(0.01)  # room for central differences in r and t
+    opts = dict(method=method, **TIGHT) if method == "ode" else dict(method=method)
+    u, J, du_dr, du_dt = truth.average_velocity_derivatives(m, x, r, t, **opts)
+    f = lambda x_, r_, t_: truth.average_velocity(m, x_, r_, t_, **opts)  # noqa: E731
+    eps = 1e-5  # central differences: truncation ~eps^2 |u'''| ~1e-9, round-off ~1e-13/eps ~1e-8
+    scale = J.abs().max().clamp_min(1)
+    for b in range(m.d):
+        e = torch.zeros_like(x)
+        e[:, b] = eps
+        fd = (f(x + e, r, t) - f(x - e, r, t)) / (2 * eps)
+        assert (J[:, :, b] - fd).abs().max() <= 1e-6 * scale
+    assert (du_dr - (f(x, r + eps, t) - f(x, r - eps, t)) / (2 * eps)).abs().max() <= 1e-6 * scale
+    assert (du_dt - (f(x, r, t + eps) - f(x, r, t - eps)) / (2 * eps)).abs().max() <= 1e-6 * scale
+    # J_x u . v + d_t u = (v - u) / (t - r): the MeanFlow identity rearranged
+    v = truth.velocity(m, x, t)
+    lhs = torch.einsum("nab,nb->na", J, v) + du_dt
+    rhs = (v - u) / (t - r)[:, None]
+    bar = 1e-7 if method == "ode" else 1e-10
+    assert (lhs - rhs).abs().max() <= bar * rhs.abs().max().clamp_min(1)

@@ -100,7 +100,9 @@ def gm_log_density(gm: GaussianMixture, x: torch.Tensor, t: torch.Tensor) -> tor
     return torch.logsumexp(logits, dim=-1)
 
 
-def gm_moments(gm: GaussianMixture, x: torch.Tensor, t: torch.Tensor):
+def gm_component_moments(gm: GaussianMixture, x: torch.Tensor, t: torch.Tensor):
+    """Per component: ``pi`` (n, K), ``E[v_c | x, k]`` (n, K, d) and the eigenvalues
+    ``lam / c`` (n, K, d) of ``Cov[v_c | x, k] = Q_k diag(lam / c) Q_k^T``."""
     T = gm.tensors(x.device)
     n, d = x.shape
     K = gm.K
@@ -108,10 +110,15 @@ def gm_moments(gm: GaussianMixture, x: torch.Tensor, t: torch.Tensor):
     pi = torch.softmax(logits, dim=-1)
     tc = t[:, None]
     a = (tc - (1 - tc) * T["lam"]) * ic
-    Q = T["Q"]
-    g = torch.einsum("nki,kji->nkj", (a * Y).view(n, K, d), Q) - T["mu"]  # E[v_c | x, k]
+    g = torch.einsum("nki,kji->nkj", (a * Y).view(n, K, d), T["Q"]) - T["mu"]
+    return pi, g, (T["lam"] * ic).view(n, K, d)
+
+
+def gm_moments(gm: GaussianMixture, x: torch.Tensor, t: torch.Tensor):
+    Q = gm.tensors(x.device)["Q"]
+    pi, g, var = gm_component_moments(gm, x, t)
     mean = torch.einsum("nk,nkj->nj", pi, g)
-    within = torch.einsum("nk,kai,nki,kbi->nab", pi, Q, (T["lam"] * ic).view(n, K, d), Q)
+    within = torch.einsum("nk,kai,nki,kbi->nab", pi, Q, var, Q)
     dev = g - mean[:, None, :]
     between = torch.einsum("nk,nka,nkb->nab", pi, dev, dev)
     return mean, within + between
