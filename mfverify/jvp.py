@@ -9,7 +9,13 @@ Back-ends (all exact; tested equal to 1e-12 in float64):
 - ``"func"``: ``torch.func.jvp`` (forward mode);
 - ``"forward_ad"``: ``torch.autograd.forward_ad`` dual tensors (forward mode);
 - ``"double_backward"``: the double-backward trick, ``J v = d/dw [(J^T w) . v]``
-  (two reverse passes; works for models without forward-mode support).
+  (two reverse passes; works for models without forward-mode support);
+- ``"analytic"``: the model's own ``model.jvp(x, r, t, dx, dr, dt, tangent_grad)``
+  (``MeanFlowMLP`` writes forward mode out by hand: one pass, and no graph for
+  the tangent when the objective stops its gradient).
+
+``"auto"`` (the default) takes ``"analytic"`` when the model has it, else
+``"func"``: the fastest exact ones (benchmarks/objectives_bench.py).
 
 Both outputs stay differentiable: gradients reach the model's parameters through
 ``u`` and ``D``, and through ``D`` also to the tangent (needed by ``mf_full``).
@@ -22,14 +28,25 @@ from typing import Callable
 import torch
 import torch.autograd.forward_ad as fwAD
 
-BACKENDS = ("func", "forward_ad", "double_backward")
-DEFAULT_BACKEND = "func"  # benchmarks/objectives_bench.py: the fastest exact one on CPU
+BACKENDS = ("func", "forward_ad", "double_backward", "analytic")
+DEFAULT_BACKEND = "auto"
 
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def jvp(model: Model, x, r, t, dx, dr, dt, backend: str = DEFAULT_BACKEND):
-    """``(u, J_x u . dx + d_r u dr + d_t u dt)``; x, dx (n, d), r, t, dr, dt (n,)."""
+def jvp(model: Model, x, r, t, dx, dr, dt, backend: str = DEFAULT_BACKEND, tangent_grad: bool = True):
+    """``(u, J_x u . dx + d_r u dr + d_t u dt)``; x, dx (n, d), r, t, dr, dt (n,).
+
+    ``tangent_grad=False``: the caller stops the tangent's gradient (a back-end may
+    then skip recording its graph; the returned tangent is detached either way).
+    """
+    if backend == "auto":
+        backend = "analytic" if hasattr(model, "jvp") else "func"
+    if backend == "analytic":
+        if not hasattr(model, "jvp"):
+            raise ValueError(f"backend 'analytic' needs a model with a jvp method; {type(model).__name__} has none")
+        u, du = model.jvp(x, r, t, dx, dr, dt, tangent_grad=tangent_grad)
+        return u, du if tangent_grad else du.detach()
     if backend == "func":
         return torch.func.jvp(model, (x, r, t), (dx, dr, dt))
     if backend == "forward_ad":
@@ -41,7 +58,7 @@ def jvp(model: Model, x, r, t, dx, dr, dt, backend: str = DEFAULT_BACKEND):
         return u, du
     if backend == "double_backward":
         return _double_backward(model, x, r, t, dx, dr, dt)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
 
 
 def _double_backward(model, x, r, t, dx, dr, dt):

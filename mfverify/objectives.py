@@ -50,13 +50,13 @@ def mf_sg(model, x_t, v_c, r, t, backend):
     """``|U + (t-r) sg(D[u_theta(x_t,t,t)]) - v_c|^2``: two forward passes, no double backward."""
     with torch.no_grad():
         w = model(x_t, t, t)
-    U, D = jvp(model, x_t, r, t, w, torch.zeros_like(r), torch.ones_like(t), backend)
+    U, D = jvp(model, x_t, r, t, w, torch.zeros_like(r), torch.ones_like(t), backend, tangent_grad=False)
     return _sq(U + _col(t - r) * D.detach() - v_c)
 
 
 def mf(model, x_t, v_c, r, t, backend):
     """``|U + (t-r) sg(D[v_c]) - v_c|^2``: the MeanFlow paper's loss."""
-    U, D = jvp(model, x_t, r, t, v_c, torch.zeros_like(r), torch.ones_like(t), backend)
+    U, D = jvp(model, x_t, r, t, v_c, torch.zeros_like(r), torch.ones_like(t), backend, tangent_grad=False)
     return _sq(U + _col(t - r) * D.detach() - v_c)
 
 
@@ -83,7 +83,7 @@ def scm(model, x_t, v_c, r, t, backend, tangent_norm_c=None, tangent_warmup=1.0)
     The value means nothing; the gradient is ``(t/2)`` times ``mf``'s at ``r = 0``.
     """
     zero = torch.zeros_like(t)
-    U, D = jvp(model, x_t, zero, t, v_c, zero, torch.ones_like(t), backend)
+    U, D = jvp(model, x_t, zero, t, v_c, zero, torch.ones_like(t), backend, tangent_grad=False)
     f = x_t - _col(t) * U
     g = (v_c - U - tangent_warmup * _col(t) * D).detach()
     if tangent_norm_c is not None:
@@ -114,8 +114,8 @@ def get(name: str) -> Callable[..., torch.Tensor]:
     inner = _OBJECTIVES[name]
 
     def objective(model, x0, x1, r, t, *, jvp: str = DEFAULT_BACKEND, p: float = 0.0, c: float = 1e-3, **options):
-        if jvp not in BACKENDS:
-            raise ValueError(f"jvp must be one of {BACKENDS}, got {jvp!r}")
+        if jvp != "auto" and jvp not in BACKENDS:
+            raise ValueError(f"jvp must be 'auto' or one of {BACKENDS}, got {jvp!r}")
         if options and name != "scm":
             raise TypeError(f"objective {name!r} got unexpected options {sorted(options)}")
         if p != 0 and name == "scm":
@@ -123,7 +123,7 @@ def get(name: str) -> Callable[..., torch.Tensor]:
         if p < 0 or c <= 0:
             raise ValueError(f"weighting needs p >= 0 and c > 0, got p={p!r}, c={c!r}")
         x0, x1, r, t = _check_batch(x0, x1, r, t)
-        checked = _checked_model(model, x0.shape)
+        checked = _CheckedModel(model)
         x_t = (1 - _col(t)) * x0 + _col(t) * x1
         loss = inner(checked, x_t, x1 - x0, r, t, jvp, **options)
         if p:
@@ -156,15 +156,26 @@ def _check_batch(x0, x1, r, t):
     return x0, x1, r, t
 
 
-def _checked_model(model, shape):
-    if not callable(model):
-        raise TypeError(f"model must be callable as model(x, r, t), got {type(model).__name__}")
+class _CheckedModel:
+    """The model, with its output shape checked at every call (and its ``jvp``, if any)."""
 
-    def checked(x, r, t):
-        u = model(x, r, t)
+    def __init__(self, model):
+        if not callable(model):
+            raise TypeError(f"model must be callable as model(x, r, t), got {type(model).__name__}")
+        self.model = model
+        if hasattr(model, "jvp"):
+            self.jvp = self._jvp
+
+    @staticmethod
+    def _check(u, x):
         if not isinstance(u, torch.Tensor) or u.shape != x.shape:
             got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(f"model(x, r, t) must return a tensor of shape {tuple(x.shape)} like x, got {got}")
         return u
 
-    return checked
+    def __call__(self, x, r, t):
+        return self._check(self.model(x, r, t), x)
+
+    def _jvp(self, x, r, t, dx, dr, dt, tangent_grad=True):
+        u, du = self.model.jvp(x, r, t, dx, dr, dt, tangent_grad=tangent_grad)
+        return self._check(u, x), self._check(du, x)

@@ -288,8 +288,10 @@ def test_non_finite_inputs_are_rejected(batch):
 
 def test_bad_options_are_rejected(batch):
     model, x0, x1, r, t = batch
-    with pytest.raises(ValueError, match="jvp must be one of"):
+    with pytest.raises(ValueError, match="jvp must be 'auto' or one of"):
         objectives.get("mf")(model, x0, x1, r, t, jvp="finite_differences")
+    with pytest.raises(ValueError, match="'analytic' needs a model with a jvp method"):
+        objectives.get("mf")(lambda x, r, t: x * t[:, None], x0, x1, r, t, jvp="analytic")
     with pytest.raises(ValueError, match="undefined for 'scm'"):
         objectives.get("scm")(model, x0, x1, r, t, p=1.0)
     with pytest.raises(TypeError, match="unexpected options"):
