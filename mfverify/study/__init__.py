@@ -1,0 +1,1 @@
+"""Studies: configuration (``config``), the runner (``runner``) and figures (``figures``)."""

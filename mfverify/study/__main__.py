@@ -1,0 +1,65 @@
+"""``python -m mfverify.study NAME [--preset quick|default|paper] ...``: run a study."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from mfverify.study.config import list_studies, load_study
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mfverify.study", description=__doc__)
+    parser.add_argument("name", nargs="?", help="a study in studies/ (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the studies and exit")
+    parser.add_argument("--preset", default="default", help="quick | default | paper (default: default)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the study's device")
+    parser.add_argument("--seeds", type=int, help="override the number of seeds")
+    parser.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes, one torch thread each")
+    parser.add_argument("--out", help="output folder (default runs/NAME/<timestamp>)")
+    parser.add_argument("--resume", metavar="DIR", help="continue an interrupted study in DIR (finished runs are kept)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    if args.list:
+        for name, description in list_studies().items():
+            print(f"{name:24s} {description}")
+        return 0
+    if not args.name:
+        parser.error("a study NAME is required (see --list)")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    try:
+        study = load_study(args.name, preset=args.preset)
+        if args.device:
+            study = replace(study, train=replace(study.train, device=args.device))
+        if args.seeds is not None:
+            study = replace(study, study=replace(study.study, seeds=args.seeds))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from mfverify.study.runner import run_study
+
+    if args.resume:
+        out = Path(args.resume)
+        if not (out / "config.toml").exists():
+            print(f"error: --resume {out}: no study there (config.toml missing)", file=sys.stderr)
+            return 2
+    else:
+        out = Path(args.out) if args.out else Path("runs") / args.name / time.strftime("%Y%m%d-%H%M%S")
+    start = time.perf_counter()
+    try:
+        run_study(study, out, jobs=args.jobs, progress=not args.no_progress, resume=bool(args.resume))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.name} ({args.preset}) finished in {time.perf_counter() - start:.0f} s: {out}")
+    print(f"  {out / 'summary.md'}\n  {out / 'results.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Study configuration: TOML files in ``studies/`` <-> frozen dataclasses, one to one.
+
+A study file has three sections, each mapped onto a dataclass::
+
+    [study]   -> StudySpec   (cases, objectives, baselines, seeds)
+    [train]   -> TrainConfig (mfverify.train; case/objective/seed are set per run)
+    [eval]    -> EvalConfig  (NFE list, noise samples, metric sizes)
+
+optional ``[overrides.OBJECTIVE]`` tables (``[train]`` keys for one objective
+only, e.g. its loss weighting), and optional ``[presets.NAME.study|train|eval]``
+tables that override keys of the same sections. An unknown section or key, or a value of the wrong type, is an
+error naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from mfverify.train import TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BASELINES = ("exact_u", "exact_v_euler", "exact_v_heun", "fm_euler", "fm_heun")
+PER_RUN_FIELDS = ("case", "objective", "seed")  # set by the study for each run
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str = "objectives_compare"
+    cases: tuple = ("ring8",)
+    objectives: tuple = ("fm", "mf")
+    baselines: tuple = BASELINES
+    seeds: int = 3
+
+    def __post_init__(self):
+        from mfverify import objectives
+        from mfverify.cases import get_case
+
+        for case in self.cases:
+            get_case(case)
+        for name in self.objectives:
+            objectives.get(name)
+        for b in self.baselines:
+            if b not in BASELINES:
+                raise ValueError(f"unknown baseline {b!r}; known baselines: {', '.join(BASELINES)}")
+        if any(b.startswith("fm_") for b in self.baselines) and "fm" not in self.objectives:
+            raise ValueError("baselines fm_euler / fm_heun need 'fm' among the objectives")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ValueError(f"seeds must be a positive int, got {self.seeds!r}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    nfe: tuple = (1, 2, 4, 8, 16)
+    n_noise: int = 4096  # the same noise samples for every method and seed
+    noise_seed: int = 12345
+    w2_samples: int = 1024  # exact OT on the first w2_samples samples
+    field_samples: int = 1024  # points (x_t, r, t) for the field error
+
+    def __post_init__(self):
+        if not self.nfe or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.nfe):
+            raise ValueError(f"nfe must be a list of positive ints, got {self.nfe!r}")
+        for name in ("n_noise", "w2_samples", "field_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise ValueError(f"{name} must be an int >= 2, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Study:
+    study: StudySpec
+    train: TrainConfig
+    eval: EvalConfig
+    overrides: tuple = ()  # ((objective, ((key, value), ...)), ...): [overrides.OBJECTIVE]
+    source: str = ""
+
+    def run_config(self, case: str, objective: str, seed: int) -> TrainConfig:
+        extra = dict(dict(self.overrides).get(objective, ()))
+        return replace(self.train, case=case, objective=objective, seed=seed, **extra)
+
+
+SECTIONS = {"study": StudySpec, "train": TrainConfig, "eval": EvalConfig}
+
+
+def studies_dir() -> Path:
+    """``$MFVERIFY_STUDIES``, else ``./studies``, else the repository's ``studies/``."""
+    if "MFVERIFY_STUDIES" in os.environ:
+        return Path(os.environ["MFVERIFY_STUDIES"])
+    here = Path.cwd() / "studies"
+    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "studies"
+
+
+def list_studies() -> dict[str, str]:
+    """Study names with the first comment line of their file."""
+    out = {}
+    for path in sorted(studies_dir().glob("*.toml")):
+        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+        out[path.stem] = first.lstrip("# ").strip()
+    return out
+
+
+def _coerce(file, key, value, default):
+    """Check ``value`` against the type of the field's default; lists become tuples."""
+    where = f"{file}: key '{key}'"
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list)
+        value = tuple(value) if ok else value
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(f"{where} must be of type {type(default).__name__} like its default, got {value!r}")
+    return value
+
+
+def _section(file, name, table, base, label=None):
+    """Apply ``table`` to the dataclass ``base`` of section ``name``; ``label`` prefixes keys in errors."""
+    label = label or name
+    cls = type(base)
+    known = {f.name: f for f in fields(cls)}
+    if not isinstance(table, dict):
+        raise ValueError(f"{file}: [{name}] must be a table")
+    updates = {}
+    for key, value in table.items():
+        if key not in known or (name == "train" and key in PER_RUN_FIELDS):
+            allowed = [k for k in known if not (name == "train" and k in PER_RUN_FIELDS)]
+            raise ValueError(f"{file}: unknown key '{label}.{key}'; known keys of [{name}]: {', '.join(allowed)}")
+        updates[key] = _coerce(file, f"{label}.{key}", value, getattr(base, key))
+    try:
+        return replace(base, **updates)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{file}: [{label}]: {err}") from err
+
+
+def load_study(name_or_path, preset: str | None = None) -> Study:
+    """Read ``studies/NAME.toml`` (or a path) and apply ``[presets.PRESET]``."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = studies_dir() / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = ", ".join(list_studies()) or "none"
+        raise ValueError(f"no study {name_or_path!r} (looked for {path}); known studies: {known}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from err
+    unknown = set(data) - set(SECTIONS) - {"presets", "overrides"}
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; known: study, train, eval, overrides, presets")
+    base = {"study": StudySpec(), "train": TrainConfig(), "eval": EvalConfig()}
+    resolved = {n: _section(path, n, data.get(n, {}), base[n]) for n in SECTIONS}
+    presets = data.get("presets", {})
+    if preset is not None:
+        if preset not in presets:
+            raise ValueError(f"{path}: no preset {preset!r}; presets: {', '.join(presets) or 'none'}")
+        table = presets[preset]
+        bad = set(table) - set(SECTIONS)
+        if bad:
+            raise ValueError(f"{path}: unknown section(s) {sorted(bad)} in [presets.{preset}]")
+        for n in SECTIONS:
+            if n in table:
+                resolved[n] = _section(path, n, table[n], resolved[n], label=f"presets.{preset}.{n}")
+    overrides = []
+    for objective, table in data.get("overrides", {}).items():
+        if objective not in resolved["study"].objectives:
+            raise ValueError(f"{path}: [overrides.{objective}] names no objective of this study")
+        checked = _section(path, "train", table, resolved["train"], label=f"overrides.{objective}")
+        overrides.append((objective, tuple((k, getattr(checked, k)) for k in table)))
+    return Study(resolved["study"], resolved["train"], resolved["eval"], tuple(overrides), source=str(path))
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def to_toml(study: Study, header: str = "") -> str:
+    """The resolved configuration as TOML (``load_study`` reads it back)."""
+    lines = [f"# {line}" for line in header.splitlines()] if header else []
+    for name in SECTIONS:
+        obj = getattr(study, name)
+        lines.append(f"\n[{name}]")
+        for f in fields(obj):
+            if name == "train" and f.name in PER_RUN_FIELDS:
+                continue
+            lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+    for objective, items in study.overrides:
+        lines.append(f"\n[overrides.{objective}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in items]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def as_dict(study: Study) -> dict:
+    return {n: dataclasses.asdict(getattr(study, n)) for n in SECTIONS}

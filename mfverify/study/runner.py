@@ -1,0 +1,348 @@
+"""The study runner: train every (case, objective, seed), sample at every NFE from the
+same noise, measure against the exact flow map, and write the tables and figures.
+
+Output folder::
+
+    config.toml  env.json  results.csv  runs.csv  summary.md
+    error_vs_nfe_<case>.pdf / .png / .csv
+    truth/<case>.pt                      noise x1 and exact Phi(x1, 1 -> 0)
+    runs/<case>/<objective>/seed<k>/     checkpoint.pt, rows.csv, run.json (written last)
+    runs/<case>/baselines/rows.csv
+
+Every file is written atomically; a run whose ``run.json`` exists is finished and
+is not redone on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mfverify import truth
+from mfverify.cases import get_case
+from mfverify.io import save_torch, write_text
+from mfverify.metrics import field_error, sample_metrics
+from mfverify.sample import average_velocity_sampler, euler, heun, uniform_grid
+from mfverify.study.config import Study, as_dict, to_toml
+from mfverify.train import DTYPES, resolve_device, save_checkpoint, train
+from mfverify.times import sample_times
+
+COLUMNS = ["study", "case", "method", "seed", "nfe", "metric", "value"]
+RUN_COLUMNS = ["study", "case", "objective", "seed", "steps", "wall_seconds", "final_loss", "diverged_step", "device"]
+
+
+class StudyInterrupted(RuntimeError):
+    """Raised by ``run_study(stop_after=k)`` after k training runs (to test resuming)."""
+
+
+# ------------------------------------------------------------------ truth
+
+
+def truth_path(out: Path, case: str) -> Path:
+    return out / "truth" / f"{case}.pt"
+
+
+def prepare_truth(study: Study, out: Path, case_index: int, case: str) -> None:
+    """The shared noise ``x1`` of a case and its exact map ``Phi(x1, 1 -> 0)`` (once per case)."""
+    path = truth_path(out, case)
+    if path.exists():
+        return
+    mixture = get_case(case)
+    g = torch.Generator().manual_seed(study.eval.noise_seed + case_index)
+    x1 = torch.randn(study.eval.n_noise, mixture.d, generator=g, dtype=torch.float64)
+    phi = truth.flow_map(mixture, x1, 1.0, 0.0)
+    save_torch(path, {"x1": x1, "phi": phi})
+
+
+def _rows(study, case, method, seed, nfe, metrics):
+    return [
+        {"study": study, "case": case, "method": method, "seed": seed, "nfe": nfe, "metric": k, "value": v}
+        for k, v in metrics.items()
+    ]
+
+
+def _write_rows(path: Path, rows) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "value": repr(float(row["value"]))})
+    write_text(path, buf.getvalue())
+
+
+def _read_rows(path: Path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------- baselines
+
+
+def run_baselines(study: Study, out: Path, case: str) -> None:
+    path = out / "runs" / case / "baselines" / "rows.csv"
+    if path.exists():
+        return
+    mixture = get_case(case)
+    blob = torch.load(truth_path(out, case), weights_only=True)
+    x1, phi = blob["x1"], blob["phi"]
+    name = study.study.name
+    u = lambda x, r, t: truth.average_velocity(mixture, x, r, t)  # noqa: E731
+    v = lambda x, t: truth.velocity(mixture, x, t)  # noqa: E731
+    rows = []
+    for nfe in study.eval.nfe:
+        if "exact_u" in study.study.baselines:
+            x, n = average_velocity_sampler(u, x1, uniform_grid(nfe))
+            rows += _rows(name, case, "exact_u", "", n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
+        if "exact_v_euler" in study.study.baselines:
+            x, n = euler(v, x1, uniform_grid(nfe))
+            rows += _rows(name, case, "exact_v_euler", "", n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
+        if "exact_v_heun" in study.study.baselines and nfe % 2 == 0:
+            x, n = heun(v, x1, uniform_grid(nfe // 2))  # NFE = 2 per step
+            rows += _rows(name, case, "exact_v_heun", "", n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
+    _write_rows(path, rows)
+
+
+# ---------------------------------------------------------------- training
+
+
+def run_dir(out: Path, case: str, objective: str, seed: int) -> Path:
+    return out / "runs" / case / objective / f"seed{seed}"
+
+
+def _as_u(model, device, dtype):
+    """A trained model as ``u(x, r, t)`` on float64 CPU points."""
+
+    @torch.no_grad()
+    def u(x, r, t):
+        return model(x.to(device, dtype), r.to(device, dtype), t.to(device, dtype)).double().cpu()
+
+    return u
+
+
+def evaluate(study: Study, out: Path, case: str, objective: str, seed: int, model, device, dtype):
+    mixture = get_case(case)
+    blob = torch.load(truth_path(out, case), weights_only=True)
+    x1, phi = blob["x1"], blob["phi"]
+    name = study.study.name
+    u = _as_u(model, device, dtype)
+    rows = []
+    # scm is trained at r = 0 only: its multi-step use would query u(x, r > 0, t), never trained
+    nfes = [1] if objective == "scm" else list(study.eval.nfe)
+    for nfe in nfes:
+        x, n = average_velocity_sampler(u, x1, uniform_grid(nfe))
+        rows += _rows(name, case, objective, seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
+    if objective == "fm":
+        v = lambda x, t: u(x, t, t)  # noqa: E731
+        for nfe in study.eval.nfe:
+            if "fm_euler" in study.study.baselines:
+                x, n = euler(v, x1, uniform_grid(nfe))
+                rows += _rows(name, case, "fm_euler", seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
+            if "fm_heun" in study.study.baselines and nfe % 2 == 0:
+                x, n = heun(v, x1, uniform_grid(nfe // 2))
+                rows += _rows(name, case, "fm_heun", seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
+    # field error E|u_theta - u|^2 over x_t ~ p_t, (r, t) from the training time law
+    g = torch.Generator().manual_seed(study.eval.noise_seed + 1000 + seed)
+    k = study.eval.field_samples
+    r, t = sample_times(k, "uniform", frac_r_eq_t=0.0, generator=g, dtype=torch.float64)
+    if objective == "scm":
+        r = torch.zeros_like(t)
+    t = t.clamp_min(1e-3)
+    x0 = mixture.sample(k, generator=g)
+    xt = (1 - t[:, None]) * x0 + t[:, None] * torch.randn(k, mixture.d, generator=g, dtype=torch.float64)
+    rows += _rows(name, case, objective, seed, 0, {"field_error": field_error(u, mixture, xt, r, t)})
+    return rows
+
+
+def run_one(study: Study, out: Path, case: str, objective: str, seed: int, progress: bool) -> dict:
+    """Train, evaluate and record one run; returns its runs.csv row."""
+    folder = run_dir(out, case, objective, seed)
+    cfg = study.run_config(case, objective, seed)
+    device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+    result = train(cfg, progress=progress)
+    save_checkpoint(folder / "checkpoint.pt", cfg, result)
+    rows = [] if result.diverged_step is not None else evaluate(study, out, case, objective, seed, result.ema, device, dtype)
+    _write_rows(folder / "rows.csv", rows)
+    record = {
+        "study": study.study.name,
+        "case": case,
+        "objective": objective,
+        "seed": seed,
+        "steps": len(result.losses),
+        "wall_seconds": round(result.wall_seconds, 3),
+        "final_loss": result.final_loss,
+        "diverged_step": "" if result.diverged_step is None else result.diverged_step,
+        "device": str(device),
+    }
+    write_text(folder / "run.json", json.dumps(record, indent=1))  # last: marks the run finished
+    return record
+
+
+def _worker_init():
+    torch.set_num_threads(1)
+
+
+def _job(args):
+    return run_one(*args, progress=False)
+
+
+# --------------------------------------------------------------- the study
+
+
+def run_study(study: Study, out, jobs: int = 1, progress: bool = True, resume: bool = False, stop_after=None) -> Path:
+    out = Path(out)
+    config_text = to_toml(study, header=f"resolved configuration of study {study.study.name} ({study.source})")
+    if (out / "config.toml").exists():
+        if not resume:
+            raise ValueError(f"{out} already holds a study; use --resume {out} to continue it")
+        if (out / "config.toml").read_text() != config_text:
+            raise ValueError(f"{out}/config.toml differs from the study being resumed; resume with the same settings")
+    write_text(out / "config.toml", config_text)
+    write_text(out / "env.json", json.dumps(environment(study), indent=1))
+
+    cases = list(study.study.cases)
+    for i, case in enumerate(tqdm(cases, desc="exact maps", disable=not progress, leave=False)):
+        prepare_truth(study, out, i, case)
+    for case in tqdm(cases, desc="baselines", disable=not progress, leave=False):
+        run_baselines(study, out, case)
+
+    todo = [
+        (case, obj, seed)
+        for case in cases
+        for obj in study.study.objectives
+        for seed in range(study.study.seeds)
+        if not (run_dir(out, case, obj, seed) / "run.json").exists()
+    ]
+    total = len(cases) * len(study.study.objectives) * study.study.seeds
+    bar = tqdm(total=total, initial=total - len(todo), desc="runs", disable=not progress)
+    done = 0
+    if jobs <= 1:
+        for case, obj, seed in todo:
+            run_one(study, out, case, obj, seed, progress)
+            bar.update()
+            done += 1
+            if stop_after is not None and done >= stop_after:
+                raise StudyInterrupted(f"stopped after {done} runs")
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init) as pool:
+            futures = [pool.submit(_job, (study, out, *run)) for run in todo]
+            for f in as_completed(futures):
+                f.result()
+                bar.update()
+    bar.close()
+    assemble(study, out)
+    return out
+
+
+def assemble(study: Study, out: Path) -> None:
+    """results.csv, runs.csv, summary.md and the figures from the per-run files."""
+    from mfverify.study.figures import error_vs_nfe, save_figure
+
+    rows = []
+    for case in study.study.cases:
+        rows += _read_rows(out / "runs" / case / "baselines" / "rows.csv")
+    records = []
+    for case in study.study.cases:
+        for obj in study.study.objectives:
+            for seed in range(study.study.seeds):
+                folder = run_dir(out, case, obj, seed)
+                rows += _read_rows(folder / "rows.csv")
+                records.append(json.loads((folder / "run.json").read_text()))
+    order = {m: i for i, m in enumerate(list(study.study.objectives) + list(study.study.baselines))}
+    rows.sort(key=lambda r: (r["case"], order.get(r["method"], 99), str(r["seed"]), int(r["nfe"]), r["metric"]))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "results.csv", buf.getvalue())
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RUN_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    write_text(out / "runs.csv", buf.getvalue())
+
+    write_text(out / "summary.md", summary(study, rows, records))
+    for case in study.study.cases:
+        fig, table = error_vs_nfe(rows, case, study)
+        save_figure(fig, table, out / f"error_vs_nfe_{case}")
+
+
+def _mean_std(values):
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, s
+
+
+def summary(study: Study, rows, records) -> str:
+    lines = [f"# {study.study.name}", "", f"Seeds: {study.study.seeds}. Mean ± std over seeds "
+             "(baselines are deterministic). Metric: flow_map_mean = mean |x_gen - Phi(x1, 1 -> 0)|.", ""]
+    for case in study.study.cases:
+        sub = [r for r in rows if r["case"] == case and r["metric"] == "flow_map_mean"]
+        nfes = sorted({int(r["nfe"]) for r in sub})
+        methods = [m for m in list(study.study.objectives) + list(study.study.baselines) if any(r["method"] == m for r in sub)]
+        lines += [f"## {case}", "", "| method | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+                  "|---|" + "---|" * len(nfes)]
+        for m in methods:
+            cells = []
+            for n in nfes:
+                vals = [float(r["value"]) for r in sub if r["method"] == m and int(r["nfe"]) == n]
+                if not vals:
+                    cells.append("")
+                    continue
+                mean, std = _mean_std(vals)
+                cells.append(f"{mean:.3g}" if r_is_baseline(m, sub) else f"{mean:.3g} ± {std:.2g}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Training runs", "", "| case | objective | seed | steps | wall s | final loss | diverged at |",
+              "|---|---|---|---|---|---|---|"]
+    for rec in records:
+        lines.append(f"| {rec['case']} | {rec['objective']} | {rec['seed']} | {rec['steps']} | "
+                     f"{rec['wall_seconds']} | {float(rec['final_loss']):.4g} | {rec['diverged_step']} |")
+    return "\n".join(lines) + "\n"
+
+
+def r_is_baseline(method, rows) -> bool:
+    return all(r["seed"] == "" for r in rows if r["method"] == method)
+
+
+def environment(study: Study) -> dict:
+    import numpy
+    import scipy
+
+    import mfverify
+
+    try:
+        import ot
+
+        pot = ot.__version__
+    except ImportError:  # pragma: no cover
+        pot = None
+    device = resolve_device(study.train.device)
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "mfverify": mfverify.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "pot": pot,
+        "device": str(device),
+        "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "config": {k: {kk: list(vv) if isinstance(vv, tuple) else vv for kk, vv in v.items()} for k, v in as_dict(study).items()},
+    }
+
+
+__all__ = ["run_study", "assemble", "StudyInterrupted", "asdict"]

@@ -1,0 +1,159 @@
+"""One training loop: a model trained with a named objective on a named case.
+
+The loop reads top to bottom like nanoGPT's: draw ``x0 ~ p0``, noise ``x1``, times
+``(r, t)``; per-sample loss of the objective; mean; backward; optimiser step; EMA.
+A non-finite loss stops the run and records it as diverged at that step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from tqdm import tqdm
+
+from mfverify import objectives
+from mfverify.cases import get_case
+from mfverify.io import save_torch
+from mfverify.models import MeanFlowMLP
+from mfverify.times import sample_times
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (with ``seed``, deterministic on CPU)."""
+
+    case: str = "ring8"
+    objective: str = "mf"
+    steps: int = 2000
+    batch: int = 256
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    time_sampler: str = "logit_normal"
+    time_mean: float = -0.4
+    time_std: float = 1.0
+    frac_r_eq_t: float = 0.75
+    p: float = 0.0
+    c: float = 1e-3
+    width: int = 128
+    depth: int = 3
+    time_inputs: str = "t,t-r"
+    jvp: str = "auto"
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        get_case(self.case)  # raises for an unknown case
+        objectives.get(self.objective)  # raises for an unknown objective
+        for name in ("steps", "batch", "width", "depth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    losses: list[float] = field(default_factory=list)
+    diverged_step: int | None = None
+    wall_seconds: float = 0.0
+
+    @property
+    def final_loss(self) -> float:
+        tail = [v for v in self.losses[-100:] if math.isfinite(v)]
+        return sum(tail) / len(tail) if tail else float("nan")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but CUDA is not available")
+    return torch.device(device)
+
+
+def build_model(cfg: TrainConfig, d: int) -> MeanFlowMLP:
+    return MeanFlowMLP(d, width=cfg.width, depth=cfg.depth, time_inputs=cfg.time_inputs)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+    mixture = get_case(cfg.case)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, mixture.d).to(device=device, dtype=dtype)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer]
+    opt = opt_class(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = objectives.get(cfg.objective)
+    options = {} if cfg.objective == "scm" else {"p": cfg.p, "c": cfg.c}
+    g = torch.Generator().manual_seed(cfg.seed)
+    result = TrainResult(model=model, ema=ema)
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=f"{cfg.case}/{cfg.objective}/seed{cfg.seed}", disable=not progress, leave=False)
+    for step in bar:
+        x0 = mixture.sample(cfg.batch, generator=g).to(device=device, dtype=dtype)
+        x1 = torch.randn(cfg.batch, mixture.d, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+        r, t = sample_times(cfg.batch, cfg.time_sampler, cfg.time_mean, cfg.time_std, cfg.frac_r_eq_t, g, device, dtype)
+        loss = loss_fn(model, x0, x1, r, t, jvp=cfg.jvp, **options).mean()
+        value = loss.item()
+        result.losses.append(value)
+        if not math.isfinite(value):
+            result.diverged_step = step
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - cfg.ema_decay)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{value:.4g}")
+    result.wall_seconds = time.perf_counter() - start
+    return result
+
+
+def save_checkpoint(path, cfg: TrainConfig, result: TrainResult):
+    """Model, EMA and config, written atomically."""
+    save_torch(
+        path,
+        {
+            "config": asdict(cfg),
+            "model": result.model.state_dict(),
+            "ema": result.ema.state_dict(),
+            "diverged_step": result.diverged_step,
+            "losses": result.losses,
+        },
+    )
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """``(cfg, model, ema)`` from ``save_checkpoint``'s file."""
+    blob = torch.load(path, map_location=map_location, weights_only=False)
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in blob["config"].items() if k in known})
+    d = get_case(cfg.case).d
+    model, ema = build_model(cfg, d), build_model(cfg, d)
+    model.load_state_dict(blob["model"])
+    ema.load_state_dict(blob["ema"])
+    dtype = DTYPES[cfg.dtype]
+    return cfg, model.to(dtype), ema.to(dtype)
