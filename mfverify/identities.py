@@ -82,14 +82,14 @@ class ExactModel:
 
     def __call__(self, x, r, t):
         xd, rd, td = x.detach(), r.detach(), t.detach()
-        u, J, du_dr, du_dt = truth.average_velocity_derivatives(self.mixture, xd, rd, td, **self.route)
-        u, J, du_dr, du_dt = (a.to(x.dtype) for a in (u, J, du_dr, du_dt))
-        return (
-            u
-            + torch.einsum("nab,nb->na", J, x - xd)
-            + du_dr * (r - rd)[:, None]
-            + du_dt * (t - td)[:, None]
-        )
+        derivatives = truth.average_velocity_derivatives(self.mixture, xd, rd, td, **self.route)
+        return _first_order(derivatives, x - xd, r - rd, t - td)
+
+
+def _first_order(derivatives, dx, dr, dt):
+    """``u + J dx + d_r u dr + d_t u dt``; J (n or 1, d, d) broadcasts over rows."""
+    u, J, du_dr, du_dt = (a.to(dx.dtype) for a in derivatives)
+    return u + torch.einsum("nab,nb->na", J.expand(dx.shape[0], -1, -1), dx) + du_dr * dr[:, None] + du_dt * dt[:, None]
 
 
 def _sigma_points(mean: torch.Tensor, cov: torch.Tensor):
@@ -131,14 +131,20 @@ def population_gradient(name: str, mixture, h, x, r, t, **options) -> torch.Tens
 
     if options.get("p", 0) != 0:
         raise ValueError("population_gradient is exact only for p = 0; use population_gradient_mc")
+    n, k, (x, r, t, v_c) = _sigma_batch(mixture, x, r, t)
+    grads = _eps_derivative(objectives.get(name), ExactModel(mixture), h, x, r, t, v_c, **options)
+    return grads.view(n, k).mean(1)
+
+
+def _sigma_batch(mixture, x, r, t):
+    """Rows ``(x, r, t, v_c)`` with the ``k = 2d`` sigma points of ``v_c | x_t = x`` per point."""
     x = torch.as_tensor(x, dtype=torch.float64)
     n, d = x.shape
     r, t = (torch.as_tensor(a, dtype=torch.float64).expand(n).clone() for a in (r, t))
     mean, cov = truth.conditional_moments(mixture, x, t)
-    points = _sigma_points(mean, cov).reshape(n * 2 * d, d)
+    v_c = _sigma_points(mean, cov).reshape(n * 2 * d, d)
     rep = lambda a: a.repeat_interleave(2 * d, 0)  # noqa: E731
-    grads = _eps_derivative(objectives.get(name), ExactModel(mixture), h, rep(x), rep(r), rep(t), points, **options)
-    return grads.view(n, 2 * d).mean(1)
+    return n, 2 * d, (rep(x), rep(r), rep(t), v_c)
 
 
 def population_gradient_mc(name: str, mixture, h, x, r, t, n_samples=20_000, generator=None, **options):
@@ -182,8 +188,8 @@ class _Cached:
         close = lambda a, b: bool(((a - b).abs() <= 1e-12 * (1 + b.abs())).all())  # noqa: E731
         if not (close(xd, xa) and close(rd, ra) and close(td, ta)):
             return self.model(x, r, t)
-        u, J, du_dr, du_dt = truth.average_velocity_derivatives(self.model.mixture, xa, ra, ta, **self.model.route)
-        return u + torch.einsum("ab,nb->na", J[0], x - xa) + du_dr * (r - ra)[:, None] + du_dt * (t - ta)[:, None]
+        derivatives = truth.average_velocity_derivatives(self.model.mixture, xa, ra, ta, **self.model.route)
+        return _first_order(derivatives, x - xa, r - ra, t - ta)
 
 
 def nosg_extra_term_gradient(mixture, h, x, r, t) -> torch.Tensor:
@@ -207,13 +213,7 @@ def expected_loss(name: str, mixture, x, r, t, **options) -> torch.Tensor:
     """``E[loss(u*) | x_t = x]`` (n,) by sigma points: exact for losses quadratic in ``v_c``."""
     from mfverify import objectives
 
-    x = torch.as_tensor(x, dtype=torch.float64)
-    n, d = x.shape
-    r, t = (torch.as_tensor(a, dtype=torch.float64).expand(n).clone() for a in (r, t))
-    mean, cov = truth.conditional_moments(mixture, x, t)
-    v_c = _sigma_points(mean, cov).reshape(n * 2 * d, d)
-    rep = lambda a: a.repeat_interleave(2 * d, 0)  # noqa: E731
-    xr, rr, tr = rep(x), rep(r), rep(t)
-    x0, x1 = xr - tr[:, None] * v_c, xr + (1 - tr)[:, None] * v_c
-    loss = objectives.get(name)(ExactModel(mixture), x0, x1, rr, tr, **options)
-    return loss.detach().view(n, 2 * d).mean(1)
+    n, k, (x, r, t, v_c) = _sigma_batch(mixture, x, r, t)
+    x0, x1 = x - t[:, None] * v_c, x + (1 - t)[:, None] * v_c
+    loss = objectives.get(name)(ExactModel(mixture), x0, x1, r, t, **options)
+    return loss.detach().view(n, k).mean(1)

@@ -49,10 +49,11 @@ def w2(a: torch.Tensor, b: torch.Tensor) -> float:
     """Exact W2 between the empirical laws of ``a`` and ``b`` (n, d) (POT network simplex)."""
     import ot
 
-    a, b = a.double().cpu().numpy(), b.double().cpu().numpy()
+    a, b = a.double().cpu(), b.double().cpu()
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must have the same dimension, got {a.shape[1]} and {b.shape[1]}")
-    cost = ot.dist(a, b)  # squared Euclidean
+    # squared distances from differences, not |a|^2 + |b|^2 - 2 a.b (which leaves ~1e-8 at zero)
+    cost = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").square().numpy()
     wa, wb = np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b))
     return float(np.sqrt(max(ot.emd2(wa, wb, cost, numItermax=10**8), 0.0)))
 

@@ -82,6 +82,7 @@ class MeanFlowMLP(nn.Module):
         time_inputs: str = "t,t-r",
         time_features: str = "sinusoidal",
         n_freqs: int = 8,
+        max_freq: float = 64.0,
     ):
         super().__init__()
         for name, value in (("d", d), ("width", width), ("depth", depth), ("n_freqs", n_freqs)):
@@ -90,8 +91,10 @@ class MeanFlowMLP(nn.Module):
         if time_inputs not in TIME_INPUTS:
             raise ValueError(f"time_inputs must be one of {TIME_INPUTS}, got {time_inputs!r}")
         self.d, self.time_inputs = d, time_inputs
-        self.time_a = TimeFeatures(time_features, n_freqs, seed=0)
-        self.time_b = TimeFeatures(time_features, n_freqs, seed=1)
+        if not max_freq > 0:
+            raise ValueError(f"max_freq must be positive, got {max_freq!r}")
+        self.time_a = TimeFeatures(time_features, n_freqs, max_freq, seed=0)
+        self.time_b = TimeFeatures(time_features, n_freqs, max_freq, seed=1)
         layers: list[nn.Module] = []
         fan_in = d + self.time_a.dim + self.time_b.dim
         for _ in range(depth):

@@ -23,6 +23,7 @@ from mfverify.times import sample_times
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class TrainConfig:
     batch: int = 256
     optimizer: str = "adam"
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     time_sampler: str = "logit_normal"
@@ -46,6 +48,7 @@ class TrainConfig:
     width: int = 128
     depth: int = 3
     time_inputs: str = "t,t-r"
+    time_max_freq: float = 64.0
     jvp: str = "auto"
     seed: int = 0
     device: str = "auto"
@@ -60,6 +63,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if not 0 <= self.ema_decay < 1:
@@ -93,7 +98,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build_model(cfg: TrainConfig, d: int) -> MeanFlowMLP:
-    return MeanFlowMLP(d, width=cfg.width, depth=cfg.depth, time_inputs=cfg.time_inputs)
+    return MeanFlowMLP(d, width=cfg.width, depth=cfg.depth, time_inputs=cfg.time_inputs, max_freq=cfg.time_max_freq)
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
@@ -104,6 +109,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     ema = copy.deepcopy(model).requires_grad_(False)
     opt_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer]
     opt = opt_class(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = None
+    if cfg.lr_schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
     loss_fn = objectives.get(cfg.objective)
     options = {} if cfg.objective == "scm" else {"p": cfg.p, "c": cfg.c}
     g = torch.Generator().manual_seed(cfg.seed)
@@ -123,6 +131,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if schedule is not None:
+            schedule.step()
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - cfg.ema_decay)

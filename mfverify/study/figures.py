@@ -32,8 +32,17 @@ def error_vs_nfe(rows, case: str, study, metric: str = "flow_map_mean") -> tuple
     # it is named in the legend with its largest error instead
     finite = [float(r["value"]) for r in sub if r["method"] != "exact_u" and float(r["value"]) > 0]
     y_floor = 0.3 * min(finite) if finite else 1e-16
-    colors = plt.get_cmap("tab20")
-    for i, m in enumerate(methods):
+    palette = plt.get_cmap("tab10")
+    baseline_colors = iter(["black", "dimgray", "darkgray", "tab:brown", "tab:olive", "tab:pink", "tab:cyan"])
+    model_index = 0
+    colors = {}
+    for m in methods:
+        if m in study.study.baselines:
+            colors[m] = next(baseline_colors, "gray")
+        else:
+            colors[m] = palette(model_index % 10)
+            model_index += 1
+    for m in methods:
         nfes = sorted({int(r["nfe"]) for r in sub if r["method"] == m})
         mean, lo, hi = [], [], []
         for n in nfes:
@@ -46,11 +55,11 @@ def error_vs_nfe(rows, case: str, study, metric: str = "flow_map_mean") -> tuple
         baseline = m in study.study.baselines
         style = BASELINE_STYLE if baseline else MODEL_STYLE
         if m == "exact_u" and max(hi) < y_floor:
-            ax.plot([], [], label=f"exact_u (max {max(hi):.1e}, below the axis)", color=colors(i), **style)
+            ax.plot([], [], label=f"exact_u (max {max(hi):.1e}, below the axis)", color=colors[m], **style)
             continue
-        ax.plot(nfes, mean, label=m, color=colors(i), **style)
+        ax.plot(nfes, mean, label=m, color=colors[m], **style)
         if len(nfes) and max(h - l_ for h, l_ in zip(hi, lo)) > 0:
-            ax.fill_between(nfes, lo, hi, color=colors(i), alpha=0.2)
+            ax.fill_between(nfes, lo, hi, color=colors[m], alpha=0.2)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("NFE (network or field evaluations per sample)")

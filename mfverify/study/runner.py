@@ -169,6 +169,10 @@ def run_one(study: Study, out: Path, case: str, objective: str, seed: int, progr
     folder = run_dir(out, case, objective, seed)
     cfg = study.run_config(case, objective, seed)
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+    if device.type == "cpu":
+        # one thread per run whatever --jobs is: results do not depend on --jobs
+        # (GEMM blocking varies with the thread count), and --jobs N uses N cores
+        torch.set_num_threads(1)
     result = train(cfg, progress=progress)
     save_checkpoint(folder / "checkpoint.pt", cfg, result)
     rows = [] if result.diverged_step is not None else evaluate(study, out, case, objective, seed, result.ema, device, dtype)

@@ -1,0 +1,155 @@
+"""The study runner: configuration, smoke run, determinism, resume, divergence, atomic files."""
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+from mfverify.io import write_text
+from mfverify.study.__main__ import main
+from mfverify.study.config import load_study, to_toml
+from mfverify.study.runner import StudyInterrupted, run_study
+
+TINY = """# a tiny study for the tests
+[study]
+name = "tiny"
+cases = ["ring8"]
+objectives = ["fm", "mf", "scm"]
+baselines = ["exact_u", "exact_v_euler", "exact_v_heun", "fm_euler", "fm_heun"]
+seeds = 2
+
+[train]
+steps = 20
+batch = 64
+width = 16
+depth = 2
+device = "cpu"
+
+[eval]
+nfe = [1, 2]
+n_noise = 128
+w2_samples = 64
+field_samples = 64
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def _run(path, out, **kw):
+    return run_study(load_study(path), out, progress=False, **kw)
+
+
+def test_quick_preset_smoke(tmp_path):
+    study = load_study("objectives_compare", preset="quick")
+    out = run_study(study, tmp_path / "quick", progress=False)
+    for name in ("results.csv", "runs.csv", "summary.md", "config.toml", "env.json",
+                 "error_vs_nfe_ring8.pdf", "error_vs_nfe_ring8.png", "error_vs_nfe_ring8.csv"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert set(rows[0]) >= {"study", "case", "method", "seed", "nfe", "metric", "value"}
+    methods = {r["method"] for r in rows}
+    assert methods >= set(study.study.objectives) | set(study.study.baselines)
+    exact_u = [float(r["value"]) for r in rows if r["method"] == "exact_u" and r["metric"] == "flow_map_mean"]
+    assert max(exact_u) <= 1e-8  # the issue's bar for the exact average velocity
+    assert {int(r["nfe"]) for r in rows if r["method"] == "scm"} <= {0, 1}  # scm: NFE 1 only (0: field error)
+
+
+def test_same_seed_gives_identical_results(tiny, tmp_path):
+    a = (_run(tiny, tmp_path / "a") / "results.csv").read_bytes()
+    b = (_run(tiny, tmp_path / "b") / "results.csv").read_bytes()
+    assert a == b
+    c = (_run(tiny, tmp_path / "c", jobs=2) / "results.csv").read_bytes()
+    assert a == c  # parallel processes give the same numbers
+
+
+def test_interrupted_study_resumes_without_redoing_finished_runs(tiny, tmp_path):
+    full = _run(tiny, tmp_path / "full")
+    out = tmp_path / "resumed"
+    with pytest.raises(StudyInterrupted):
+        _run(tiny, out, stop_after=2)
+    finished = sorted(out.glob("runs/*/*/seed*/run.json"))
+    assert len(finished) == 2
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+    _run(tiny, out, resume=True)
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in finished)  # not redone
+    assert len(list(out.glob("runs/*/*/seed*/run.json"))) == 6
+    assert (out / "results.csv").read_bytes() == (full / "results.csv").read_bytes()
+
+
+def test_a_diverging_run_is_recorded_and_the_study_completes(tiny, tmp_path):
+    path = tmp_path / "diverge.toml"
+    path.write_text(TINY + '\n[overrides.mf]\nlr = 1e30\n')
+    out = _run(path, tmp_path / "d")
+    with open(out / "runs.csv") as f:
+        runs = {(r["objective"], r["seed"]): r for r in csv.DictReader(f)}
+    assert runs[("mf", "0")]["diverged_step"] != ""
+    assert runs[("fm", "0")]["diverged_step"] == ""
+    with open(out / "results.csv") as f:
+        assert not any(r["method"] == "mf" for r in csv.DictReader(f))
+
+
+def test_resolved_config_reads_back(tiny, tmp_path):
+    study = load_study(tiny)
+    path = tmp_path / "again.toml"
+    path.write_text(to_toml(study))
+    again = load_study(path)
+    assert (again.study, again.train, again.eval) == (study.study, study.train, study.eval)
+
+
+@pytest.mark.parametrize(
+    "extra, pattern",
+    [
+        ("[train]\nstepz = 3\n", r"unknown key 'train.stepz'"),
+        ("[evaluation]\nnfe = [1]\n", r"unknown section"),
+        ("[train]\nema_decay = 'slow'\n", r"key 'train.ema_decay' must be of type float"),
+        ("[train]\nseed = 3\n", r"unknown key 'train.seed'"),
+        ("[overrides.mf_nosg]\np = 1.0\n", r"names no objective of this study"),
+        ("[overrides.fm]\nlrr = 1.0\n", r"unknown key 'overrides.fm.lrr'"),
+    ],
+)
+def test_bad_keys_are_errors_naming_the_key_and_the_file(tmp_path, extra, pattern):
+    base = TINY
+    if extra.startswith("[train]"):
+        base = TINY.replace("[train]\n", extra)
+    else:
+        base = TINY + "\n" + extra
+    path = tmp_path / "bad.toml"
+    path.write_text(base)
+    with pytest.raises(ValueError, match=pattern) as info:
+        load_study(path)
+    assert "bad.toml" in str(info.value)
+
+
+def test_unknown_preset_and_study(tiny):
+    with pytest.raises(ValueError, match="no preset 'huge'"):
+        load_study(tiny, preset="huge")
+    with pytest.raises(ValueError, match="known studies: .*objectives_compare"):
+        load_study("no_such_study")
+
+
+def test_cli_lists_studies_and_rejects_bad_names(capsys):
+    assert main(["--list"]) == 0
+    assert "objectives_compare" in capsys.readouterr().out
+    assert main(["no_such_study"]) == 2
+    assert "no study 'no_such_study'" in capsys.readouterr().err
+
+
+def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "f.txt"
+    write_text(path, "old")
+
+    class Boom(str):
+        def encode(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_text(path, Boom("new"))
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["f.txt"]  # no temporary file left behind
