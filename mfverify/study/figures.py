@@ -33,7 +33,7 @@ def error_vs_nfe(rows, case: str, study, metric: str = "flow_map_mean") -> tuple
     finite = [float(r["value"]) for r in sub if r["method"] != "exact_u" and float(r["value"]) > 0]
     y_floor = 0.3 * min(finite) if finite else 1e-16
     palette = plt.get_cmap("tab10")
-    baseline_colors = iter(["black", "dimgray", "darkgray", "tab:brown", "tab:olive", "tab:pink", "tab:cyan"])
+    baseline_colors = iter(["black", "dimgray", "darkgray", "goldenrod", "teal", "navy", "maroon"])  # not in tab10
     model_index = 0
     colors = {}
     for m in methods:
