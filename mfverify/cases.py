@@ -250,52 +250,48 @@ def _check_count(name: str, n) -> int:
 # ---------------------------------------------------------------- named cases
 
 
-def _mixture1d(weights, means, stds, description="") -> GaussianMixture:
+def _mixture1d(weights, means, stds) -> GaussianMixture:
     stds = np.asarray(stds, dtype=np.float64)
-    return GaussianMixture(
-        weights, np.asarray(means, dtype=np.float64)[:, None], (stds**2)[:, None, None], description
-    )
+    return GaussianMixture(weights, np.asarray(means, dtype=np.float64)[:, None], (stds**2)[:, None, None])
 
 
 def _gauss1d() -> GaussianMixture:
-    return _mixture1d([1.0], [1.0], [0.5], "one Gaussian in 1-D, N(1, 0.5^2)")
+    return _mixture1d([1.0], [1.0], [0.5])
 
 
 def _bimodal1d() -> GaussianMixture:
-    return _mixture1d(
-        [0.3, 0.7], [-1.5, 1.0], [0.2, 0.5], "1-D, weights 0.3/0.7 at -1.5/1.0, std 0.2/0.5"
-    )
+    return _mixture1d([0.3, 0.7], [-1.5, 1.0], [0.2, 0.5])
 
 
 def _gauss2d_aniso() -> GaussianMixture:
     cov = np.array([[0.5, 0.35], [0.35, 0.4]])
-    return GaussianMixture([1.0], [[1.0, -0.5]], cov[None], "one correlated 2-D Gaussian, corr 0.78")
+    return GaussianMixture([1.0], [[1.0, -0.5]], cov[None])
 
 
 def _ring8() -> GaussianMixture:
     angle = 2 * np.pi * np.arange(8) / 8
     means = 2.0 * np.stack([np.cos(angle), np.sin(angle)], axis=1)
     covs = np.broadcast_to(0.1**2 * np.eye(2), (8, 2, 2))
-    return GaussianMixture(np.full(8, 1 / 8), means, covs, "8 equal components on a circle of radius 2, std 0.1")
+    return GaussianMixture(np.full(8, 1 / 8), means, covs)
 
 
 def _narrow2d() -> GaussianMixture:
     means = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
     covs = np.broadcast_to(1e-3**2 * np.eye(2), (4, 2, 2))
-    return GaussianMixture(np.full(4, 0.25), means, covs, "4 components at (+-1, +-1), std 1e-3")
+    return GaussianMixture(np.full(4, 0.25), means, covs)
 
 
 def _dirac2d() -> GaussianMixture:
     rng = np.random.default_rng(2)
     means = rng.uniform(-1.5, 1.5, size=(6, 2))
-    return GaussianMixture(np.full(6, 1 / 6), means, np.zeros((6, 2, 2)), "6 points in 2-D (covariances 0)")
+    return GaussianMixture(np.full(6, 1 / 6), means, np.zeros((6, 2, 2)))
 
 
 def _product8d() -> ProductMixture:
     factors = [
         _mixture1d([0.4, 0.6], [-1.0 - 0.1 * j, 1.0 + 0.05 * j], [0.3, 0.15 + 0.02 * j]) for j in range(8)
     ]
-    return ProductMixture(factors, "8-D product of 1-D bimodal mixtures (exact by quantile matching)")
+    return ProductMixture(factors)
 
 
 def _random16d() -> GaussianMixture:
@@ -311,7 +307,7 @@ def _random16d() -> GaussianMixture:
         covs.append((q * lam) @ q.T)
     covs = np.stack(covs)
     covs = 0.5 * (covs + covs.transpose(0, 2, 1))
-    return GaussianMixture(weights, means, covs, "K=8 random full covariances in 16-D (seed 16), std 0.1-0.7")
+    return GaussianMixture(weights, means, covs)
 
 
 @dataclass(frozen=True)

@@ -34,15 +34,16 @@ def flow_map_errors(x_gen: torch.Tensor, x_exact: torch.Tensor) -> dict[str, flo
     }
 
 
-def field_error(model, mixture, x, r, t) -> float:
-    """``E|u_theta(x, r, t) - u(x, r, t)|^2`` over the given points (the law is the caller's)."""
+def field_error(u_theta, mixture, x, r, t) -> float:
+    """``E|u_theta(x, r, t) - u(x, r, t)|^2`` over the given points (the law is the caller's).
+
+    ``u_theta`` takes and returns float64 CPU tensors (the runner wraps a model so).
+    """
     from mfverify import truth
 
     u = truth.average_velocity(mixture, x, r, t)
     with torch.no_grad():
-        p = next(iter(getattr(model, "parameters", lambda: iter([torch.empty(0)]))()), torch.empty(0))
-        u_theta = model(x.to(p.dtype), r.to(p.dtype), t.to(p.dtype)).double()
-    return (u_theta - u).square().sum(1).mean().item()
+        return (u_theta(x, r, t).double() - u).square().sum(1).mean().item()
 
 
 def w2(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -69,6 +69,7 @@ def _solve(P, mu, target, r) -> tuple[torch.Tensor, torch.Tensor]:
     lo = torch.where(active, q, torch.full_like(q, torch.inf)).amin(-1)
     hi = torch.where(active, q, torch.full_like(q, -torch.inf)).amax(-1)
     y = 0.5 * (lo + hi)
+    g_prev = torch.full_like(y, torch.inf)
     for _ in range(_MAX_ITER):
         L = _log_cdf(P, mu, y, r)
         slope = _log_pdf_over_cdf(P, mu, y, r, L)
@@ -76,12 +77,15 @@ def _solve(P, mu, target, r) -> tuple[torch.Tensor, torch.Tensor]:
         lo = torch.where(g < 0, y, lo)
         hi = torch.where(g > 0, y, hi)
         y_new = y - g / slope
-        inside = (y_new >= lo) & (y_new <= hi) & torch.isfinite(y_new)
-        y_new = torch.where(inside, y_new, 0.5 * (lo + hi))
+        # Newton where it lands strictly inside the bracket and the last step at least
+        # halved the residual; bisection otherwise (Newton can 2-cycle on a mixture CDF)
+        newton = (y_new > lo) & (y_new < hi) & torch.isfinite(y_new) & (g.abs() <= 0.5 * g_prev.abs())
+        y_new = torch.where(newton, y_new, 0.5 * (lo + hi))
         # stop at the round-off floor: the residual is as small as log F can be
         # evaluated, or the step is below a few ulps of y
         done = (g.abs() <= 4e-16 * (target.abs() + 1)) | ((y_new - y).abs() <= 4e-16 * y.abs())
         y = torch.where(done, y, y_new)
+        g_prev = g
         if bool(done.all()):
             break
     else:
