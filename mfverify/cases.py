@@ -126,10 +126,7 @@ class GaussianMixture:
             Q = self.eigvecs
             qcat = Q.permute(1, 0, 2).reshape(d, K * d)  # [:, k*d + i] = Q_k[:, i]
             muq = torch.einsum("kd,kde->ke", self.means, Q).reshape(K * d)
-            E = torch.eye(K, dtype=torch.float64).repeat_interleave(d, dim=0)  # (K*d, K)
             cpu = {
-                "E": E,
-                "ET": E.T.contiguous(),
                 "log_w": torch.log(self.weights),
                 "mu": self.means,
                 "lam": self.eigvals.reshape(K * d),

@@ -94,5 +94,3 @@ def model_as_velocity(model):
     """A trained average-velocity model used as an instantaneous field, ``v(x, t) = u(x, t, t)``."""
     return lambda x, t: model(x, t, t)
 
-
-SOLVERS = {"euler": euler, "heun": heun, "rk4": rk4}

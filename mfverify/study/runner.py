@@ -32,7 +32,7 @@ from mfverify import truth
 from mfverify.cases import get_case
 from mfverify.io import save_torch, write_text
 from mfverify.metrics import field_error, sample_metrics
-from mfverify.sample import average_velocity_sampler, euler, heun, uniform_grid
+from mfverify.sample import average_velocity_sampler, euler, heun, model_as_velocity, uniform_grid
 from mfverify.study.config import Study, as_dict, to_toml
 from mfverify.train import DTYPES, resolve_device, save_checkpoint, train
 from mfverify.times import sample_times
@@ -142,7 +142,7 @@ def evaluate(study: Study, out: Path, case: str, objective: str, seed: int, mode
         x, n = average_velocity_sampler(u, x1, uniform_grid(nfe))
         rows += _rows(name, case, objective, seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
     if objective == "fm":
-        v = lambda x, t: u(x, t, t)  # noqa: E731
+        v = model_as_velocity(u)
         for nfe in study.eval.nfe:
             if "fm_euler" in study.study.baselines:
                 x, n = euler(v, x1, uniform_grid(nfe))
