@@ -1,0 +1,449 @@
+"""Compiled per-point DOP853 for the average velocity of a full Gaussian mixture (CPU).
+
+The same method as ``solver.solve`` on the right-hand side of ``ode.py``
+(Dormand-Prince 8(5,3), Hairer's PI control with ``PI_BETA``, growth limits
+1/3..6, ``max_step``, the same initial-step rule and error norm), written as one
+loop per point and compiled with numba, with the mixture velocity inlined. Points
+run in parallel over ``torch.get_num_threads()`` threads. This removes the per-
+operation overhead of the batched torch solver, which dominates for small ``d``.
+
+The velocity at ``(y, tau)`` follows ``fields.py``: in the eigenbasis of ``S_k``,
+``Y_k = Q_k^T y - (1-tau) Q_k^T mu_k``, ``c_k = (1-tau)^2 lam_k + tau^2``,
+``logit_k = log w_k - (sum Y_k^2 / c_k + sum log c_k) / 2``,
+``v = sum_k pi_k [Q_k ((tau - (1-tau) lam_k) / c_k * Y_k) - mu_k]``.
+Shortcuts, all exact: diagonal covariances skip the rotations; when every component
+has the same eigenvalues the log-determinant cancels in the softmax and is skipped;
+components with ``logit_k < max - 50`` (weight below 2e-22 relative) are left out of
+the sum, far below the 1e-12 tolerances this serves.
+
+Only values (no tangents) on CPU; ``ode.py`` falls back to the torch solver for
+tangents, other devices, product mixtures, or when numba is not installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+
+import numpy as np
+import torch
+
+from mfverify.truth import solver
+
+try:  # numba is a declared dependency; the torch route still works without it
+    import numba
+    from numba import literally, njit, prange
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    numba = None
+else:
+    # The study runs in forked processes, and GNU OpenMP (numba's 'omp' layer here)
+    # deadlocks in a child forked after its pool started: ask for a fork-safe layer
+    # unless the user chose one. The workqueue layer this may pick is not thread-safe,
+    # so calls into the kernel are serialised by _LOCK.
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "forksafe"
+_LOCK = threading.Lock()
+
+__all__ = ["available", "average_velocity", "velocity"]
+
+_A = np.ascontiguousarray(solver._A.numpy())
+_B = np.ascontiguousarray(solver._B.numpy())
+_C = np.ascontiguousarray(solver._C.numpy())
+_E3 = np.ascontiguousarray(solver._E3.numpy())
+_E5 = np.ascontiguousarray(solver._E5.numpy())
+SPECIALISE_D = 2  # dimensions up to this get a kernel compiled for their d (about 10 s each, cached)
+_BLOCK = 32  # points per parallel work item
+_SKIP_LOGIT = 50.0  # components with logit < max - 50 carry weight < 2e-22: left out
+
+# step control (beta, safety, min factor, max factor), as solver.solve
+CONTROL = (solver.PI_BETA, solver._SAFETY, solver._MIN_FACTOR, solver._MAX_FACTOR)
+
+# how the log-determinant enters the logits
+_LOGDET_CANCELS = 0  # every component has the same spectrum: it cancels in the softmax
+_LOGDET_PRODUCT = 1  # log of the product over coordinates, which stays in range
+_LOGDET_SUM = 2  # sum of logs (singular or extreme spectra)
+
+# layouts of the covariances
+_SHARED = 0  # diagonal, the same for every component
+_DIAG = 1  # diagonal
+_FULL = 2  # full: rotations by the eigenbases
+
+# status codes per point
+OK, TOO_MANY_STEPS, STEP_UNDERFLOW = 0, 1, 2
+
+
+def available() -> bool:
+    return numba is not None
+
+
+if numba is not None:
+
+    # reassociation lets LLVM vectorise the dot products (round-off-level changes only);
+    # no 'nnan'/'ninf', so non-finite values still propagate to the step control
+    _FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+    @njit(cache=True, fastmath=_FAST, nogil=True)
+    def _softmax_inplace(logit, best, K):
+        """logit <- exp(logit - best) / sum, with terms below best - _SKIP_LOGIT set to 0."""
+        total = 0.0
+        for k in range(K):
+            if logit[k] < best - _SKIP_LOGIT:
+                logit[k] = 0.0
+            else:
+                e = math.exp(logit[k] - best)
+                logit[k] = e
+                total += e
+        inv_total = 1.0 / total
+        for k in range(K):
+            logit[k] *= inv_total
+
+    @njit(cache=True, fastmath=_FAST, nogil=True)
+    def _velocity(y, tau, log_w, mu, lam, lam_max, Qcat, QTcat, muQ, layout, logdet_mode, Yb, cb, logit, out, row, D):
+        """v(y, tau) into ``out[row]``; scratch Yb, cb (K*d,), logit (3*K,).
+
+        Inner loops are contiguous so that they vectorise."""
+        K = mu.shape[0]
+        d = D  # a compile-time constant for small d: the short loops unroll
+        one_m = 1.0 - tau
+        one_m2 = one_m * one_m
+        tau2 = tau * tau
+        best = -np.inf
+        if layout == _SHARED:
+            # diagonal covariances with one spectrum: c and a are the same for every
+            # component, and v = a y - (1 + (1 - tau) a) sum_k pi_k mu_k
+            for j in range(d):
+                c = one_m2 * lam[0, j] + tau2
+                cb[j] = 1.0 / c
+                Yb[j] = (tau - one_m * lam[0, j]) / c
+            for k in range(K):
+                quad = 0.0
+                for j in range(d):
+                    Yj = y[j] - one_m * mu[k, j]
+                    quad += Yj * Yj * cb[j]
+                lk = log_w[k] - 0.5 * quad
+                logit[k] = lk
+                best = max(best, lk)
+            _softmax_inplace(logit, best, K)
+            for j in range(d):
+                out[row, j] = 0.0
+            for k in range(K):
+                p = logit[k]
+                if p != 0.0:
+                    for j in range(d):
+                        out[row, j] += p * mu[k, j]
+            for j in range(d):
+                a = Yb[j]
+                out[row, j] = a * y[j] - (1.0 + one_m * a) * out[row, j]
+            return
+        # General layouts. First a cheap upper bound on every logit: |Y_k| = |y - (1-tau) mu_k|
+        # (a rotation) and c_kj <= c at the largest eigenvalue. The component with the
+        # highest bound is computed exactly first; any other whose bound lies below the
+        # best exact logit - _SKIP_LOGIT is dropped before its rotation is computed (far
+        # from the data most components are).
+        # scratch: upper bounds in logit[K:2K], log w_k - logdet_k / 2 in logit[2K:3K]
+        # (offsets, not slices: a slice costs reference counting in the hot loop)
+        first = 0
+        for k in range(K):
+            dist2 = 0.0
+            for i in range(d):
+                e = y[i] - one_m * mu[k, i]
+                dist2 += e * e
+            logdet = 0.0
+            if logdet_mode == _LOGDET_PRODUCT:  # one log of a product that stays in range
+                prod = 1.0
+                for j in range(d):
+                    prod *= one_m2 * lam[k, j] + tau2
+                logdet = math.log(prod)
+            elif logdet_mode == _LOGDET_SUM:
+                for j in range(d):
+                    logdet += math.log(one_m2 * lam[k, j] + tau2)
+            logit[2 * K + k] = log_w[k] - 0.5 * logdet
+            logit[K + k] = logit[2 * K + k] - 0.5 * dist2 / (one_m2 * lam_max[k] + tau2)
+            if logit[K + k] > logit[K + first]:
+                first = k
+        for step in range(K):
+            k = first if step == 0 else (step - 1 if step <= first else step)
+            if step > 0 and logit[K + k] < best - _SKIP_LOGIT:
+                logit[k] = -np.inf
+                continue
+            o = k * d
+            if layout == _DIAG:
+                for j in range(d):
+                    Yb[o + j] = y[j] - one_m * mu[k, j]
+            else:  # Y = Q_k^T y - (1 - tau) Q_k^T mu_k: dot products with rows of QT_k
+                for j in range(d):
+                    acc = 0.0
+                    for i in range(d):
+                        acc += QTcat[k * d + j, i] * y[i]
+                    Yb[o + j] = acc - one_m * muQ[k, j]
+            quad = 0.0
+            for j in range(d):
+                ic = 1.0 / (one_m2 * lam[k, j] + tau2)
+                cb[o + j] = (tau - one_m * lam[k, j]) * ic  # the coefficient a_kj
+                quad += Yb[o + j] * Yb[o + j] * ic
+            lk = logit[2 * K + k] - 0.5 * quad
+            logit[k] = lk
+            best = max(best, lk)
+        _softmax_inplace(logit, best, K)
+        for i in range(d):
+            out[row, i] = 0.0
+        for k in range(K):
+            p = logit[k]
+            if p == 0.0:
+                continue
+            o = k * d
+            for j in range(d):
+                cb[o + j] *= p * Yb[o + j]  # pi_k a_kj Y_kj
+            if layout == _DIAG:
+                for i in range(d):
+                    out[row, i] += cb[o + i] - p * mu[k, i]
+            else:  # Q_k (pi_k a_k Y_k): dot products with rows of Q_k
+                for i in range(d):
+                    acc = 0.0
+                    for j in range(d):
+                        acc += Qcat[i, k * d + j] * cb[o + j]
+                    out[row, i] += acc - p * mu[k, i]
+
+    @njit(cache=True, nogil=True)
+    def _rhs(s, z, x, r, t, log_w, mu, lam, lam_max, Qcat, QTcat, muQ, layout, logdet_mode, Yb, cb, logit, ybuf, out, row, D):
+        """dz/ds = v(x - (t - r) z, t - s (t - r)) into ``out[row]``."""
+        h = t - r
+        for i in range(D):
+            ybuf[i] = x[i] - h * z[i]
+        _velocity(ybuf, t - s * h, log_w, mu, lam, lam_max, Qcat, QTcat, muQ, layout, logdet_mode, Yb, cb, logit, out, row, D)
+
+    @njit(cache=True, nogil=True)
+    def _solve_point(x, r, t, h_max, rtol, atol, max_steps, ctrl, args, tab, Yb, cb, logit, ybuf, k_stages, ynew, ytmp, out, D):
+        """Integrate z from s = 0 to 1 for one point; z(1) into ``out``.
+
+        ``k_stages`` (14, d): the 13 stages, and a last row for the initial-step probe.
+        Rows are indexed, never sliced (a slice costs reference counting).
+        Returns (status, accepted, rejected, f evaluations)."""
+        A, B, C, E3, E5 = tab
+        beta, safety, fac_min, fac_max = ctrl
+        # unpacked once per point: unpacking arrays from a tuple costs reference counting
+        log_w, mu, lam, lam_max, Qcat, QTcat, muQ, layout, logdet_mode = args
+        d = D
+        n_stages = B.shape[0]
+        y = out
+        for i in range(d):
+            y[i] = 0.0
+        s = 0.0
+        F1 = n_stages + 1  # row of the initial-step probe
+        _rhs(s, y, x, r, t, log_w, mu, lam, lam_max, Qcat, QTcat, muQ, layout, logdet_mode, Yb, cb, logit, ybuf, k_stages, 0, D)
+        evals = 1
+        # initial step (Hairer et al. §II.4), as solver._initial_step
+        d0 = 0.0
+        d1 = 0.0
+        for i in range(d):
+            sc = atol + rtol * abs(y[i])
+            d0 += (y[i] / sc) ** 2
+            d1 += (k_stages[0, i] / sc) ** 2
+        d0 = math.sqrt(d0 / d)
+        d1 = math.sqrt(d1 / d)
+        if d0 < 1e-5 or d1 < 1e-5:
+            h0 = 1e-6
+        else:
+            h0 = 0.01 * d0 / d1
+        h0 = min(h0, 1.0)
+        for i in range(d):
+            ytmp[i] = y[i] + h0 * k_stages[0, i]
+        _rhs(s + h0, ytmp, x, r, t, log_w, mu, lam, lam_max, Qcat, QTcat, muQ, layout, logdet_mode, Yb, cb, logit, ybuf, k_stages, F1, D)
+        evals += 1
+        d2 = 0.0
+        for i in range(d):
+            sc = atol + rtol * abs(y[i])
+            d2 += ((k_stages[F1, i] - k_stages[0, i]) / sc) ** 2
+        d2 = math.sqrt(d2 / d) / h0
+        big = max(d1, d2)
+        if big <= 1e-15:
+            h1 = max(h0 * 1e-3, 1e-6)
+        else:
+            h1 = (0.01 / max(big, 1e-300)) ** (1.0 / 8.0)
+        h = h1 if d0 < 1e-5 else min(100 * h0, h1)
+        h = min(max(h, 1e-12), 1.0)
+        h = min(h, h_max)
+
+        err_old = 1e-4
+        accepted = 0
+        rejected = 0
+        steps = 0
+        while True:
+            h = min(h, 1.0 - s)
+            for st in range(1, n_stages):
+                for i in range(d):
+                    acc = 0.0
+                    for j in range(st):
+                        acc += A[st, j] * k_stages[j, i]
+                    ytmp[i] = y[i] + h * acc
+                _rhs(s + C[st] * h, ytmp, x, r, t, log_w, mu, lam, lam_max, Qcat, QTcat, muQ, layout, logdet_mode, Yb, cb, logit, ybuf, k_stages, st, D)
+            for i in range(d):
+                acc = 0.0
+                for j in range(n_stages):
+                    acc += B[j] * k_stages[j, i]
+                ynew[i] = y[i] + h * acc
+            last = h >= 1.0 - s
+            s_new = 1.0 if last else s + h
+            _rhs(s_new, ynew, x, r, t, log_w, mu, lam, lam_max, Qcat, QTcat, muQ, layout, logdet_mode, Yb, cb, logit, ybuf, k_stages, n_stages, D)
+            evals += n_stages
+            e5 = 0.0
+            e3 = 0.0
+            for i in range(d):
+                sc = atol + rtol * max(abs(y[i]), abs(ynew[i]))
+                a5 = 0.0
+                a3 = 0.0
+                for j in range(n_stages + 1):
+                    a5 += E5[j] * k_stages[j, i]
+                    a3 += E3[j] * k_stages[j, i]
+                e5 += (a5 / sc) ** 2
+                e3 += (a3 / sc) ** 2
+            denom = (e5 + 0.01 * e3) * d
+            err = h * e5 / math.sqrt(max(denom, 1e-300)) if denom > 0 else 0.0
+            finite = math.isfinite(err)
+            ok = finite and err <= 1.0
+            if err == 0.0:
+                factor = fac_max
+            elif not finite:
+                factor = fac_min
+            else:
+                pi = max(err, 1e-300) ** (-1.0 / 8.0 + 0.2 * beta) * err_old**beta
+                factor = min(max(safety * pi, fac_min), fac_max)
+            if not ok:
+                factor = min(factor, 1.0)
+            steps += 1
+            if ok:
+                accepted += 1
+                s = s_new
+                for i in range(d):
+                    y[i] = ynew[i]
+                    k_stages[0, i] = k_stages[n_stages, i]
+                err_old = max(err, 1e-4)
+            else:
+                rejected += 1
+            h = min(h * factor, h_max)
+            if ok and last:
+                return OK, accepted, rejected, evals
+            if steps > max_steps:
+                return TOO_MANY_STEPS, accepted, rejected, evals
+            if h <= 1e-15:
+                return STEP_UNDERFLOW, accepted, rejected, evals
+
+    @njit(cache=True, parallel=True)
+    def _solve_all(x, r, t, h_max, rtol, atol, max_steps, ctrl, args, tab, out, info, D):
+        n = x.shape[0]
+        d = D
+        K = args[1].shape[0]
+        n_stages = tab[1].shape[0]
+        n_blocks = (n + _BLOCK - 1) // _BLOCK
+        # Block b takes points b, b + n_blocks, ...: every block a fair sample, so the
+        # static split of blocks over threads stays balanced however costs are ordered.
+        for b in prange(n_blocks):  # scratch allocated once per block
+            Yb = np.empty(K * d)
+            cb = np.empty(K * d)
+            logit = np.empty(3 * K)
+            ybuf = np.empty(d)
+            k_stages = np.empty((n_stages + 2, d))
+            ynew = np.empty(d)
+            ytmp = np.empty(d)
+            for p in range(b, n, n_blocks):
+                status, acc, rej, ev = _solve_point(
+                    x[p], r[p], t[p], h_max[p], rtol, atol, max_steps, ctrl, args, tab, Yb, cb, logit, ybuf, k_stages,
+                    ynew, ytmp, out[p], D,
+                )
+                info[p, 0] = status
+                info[p, 1] = acc
+                info[p, 2] = rej
+                info[p, 3] = ev
+
+
+    @njit(cache=True)
+    def _solve_all_small_d(x, r, t, h_max, rtol, atol, max_steps, ctrl, args, tab, out, info, D):
+        """``_solve_all`` compiled for the value of D (d <= SPECIALISE_D): short loops unroll."""
+        _solve_all(x, r, t, h_max, rtol, atol, max_steps, ctrl, args, tab, out, info, literally(D))
+
+
+    @njit(cache=True)
+    def _velocity_many(y, tau, args, out):
+        log_w, mu, lam, lam_max, Qcat, QTcat, muQ, layout, logdet_mode = args
+        n, d = y.shape
+        K = mu.shape[0]
+        Yb, cb, logit = np.empty(K * d), np.empty(K * d), np.empty(3 * K)
+        for p in range(n):
+            _velocity(y[p], tau, log_w, mu, lam, lam_max, Qcat, QTcat, muQ, layout, logdet_mode, Yb, cb, logit, out, p, d)
+
+
+def velocity(gm, y: torch.Tensor, tau: float) -> torch.Tensor:
+    """The kernel's v(y, tau) for CPU float64 ``y`` (n, d): to test it against ``fields``."""
+    out = np.empty(tuple(y.shape))
+    _velocity_many(np.ascontiguousarray(y.numpy()), float(tau), _mixture_arrays(gm), out)
+    return torch.from_numpy(out)
+
+
+def _mixture_arrays(gm):
+    """The kernel's parameter tuple for ``gm``, cached on the mixture."""
+    cached = getattr(gm, "_kernel_args", None)
+    if cached is not None:
+        return cached
+    covs = gm.covs.numpy()
+    K, d = gm.K, gm.d
+    off = covs - np.einsum("kii->ki", covs)[:, :, None] * np.eye(d)
+    if np.all(off == 0.0):
+        lam = np.ascontiguousarray(np.einsum("kii->ki", covs).clip(min=0.0))
+        Q = np.broadcast_to(np.eye(d), (K, d, d))
+        layout = _SHARED if np.all(lam == lam[0]) else _DIAG
+    else:
+        lam = np.ascontiguousarray(gm.eigvals.numpy())
+        Q = gm.eigvecs.numpy()  # Q[k] = Q_k, columns are eigenvectors
+        layout = _FULL
+    qcat = np.ascontiguousarray(Q.transpose(1, 0, 2).reshape(d, K * d))  # [:, k*d + j] = Q_k[:, j]
+    mu = np.ascontiguousarray(gm.means.numpy())
+    muQ = np.ascontiguousarray(np.einsum("ki,kij->kj", mu, Q))  # Q_k^T mu_k
+    sorted_lam = np.sort(lam, axis=1)
+    if np.all(sorted_lam == sorted_lam[0]):
+        logdet_mode = _LOGDET_CANCELS
+    else:
+        # c = (1-tau)^2 lam + tau^2 lies in [lam / (1 + lam), max(lam, 1)] for all tau,
+        # so the product over coordinates is bounded by these products
+        with np.errstate(divide="ignore"):
+            low = np.log(lam / (1 + lam)).sum(axis=1).min()
+        high = np.log(np.maximum(lam, 1.0)).sum(axis=1).max()
+        logdet_mode = _LOGDET_PRODUCT if (low > -600 and high < 600) else _LOGDET_SUM
+    args = (np.log(gm.weights.numpy()), mu, lam, np.ascontiguousarray(lam.max(axis=1)), qcat, np.ascontiguousarray(qcat.T), muQ, layout, logdet_mode)
+    gm._kernel_args = args
+    return args
+
+
+def average_velocity(gm, x, r, t, h_max, *, rtol, atol, max_steps=100_000, stats=None):
+    """``z(1) = u(x, r, t)`` (n, d) for CPU float64 tensors; same contract as ``solver.solve``."""
+    n, d = x.shape
+    out = np.zeros((n, d))
+    if n == 0:
+        return torch.from_numpy(out)
+    info = np.zeros((n, 4), dtype=np.int64)
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    tab = (_A, _B, _C, _E3, _E5)
+    solve = _solve_all_small_d if d <= SPECIALISE_D else _solve_all
+    with _LOCK:
+        numba.set_num_threads(threads)
+        solve(
+            np.ascontiguousarray(x.numpy()), np.ascontiguousarray(r.numpy()), np.ascontiguousarray(t.numpy()),
+            np.ascontiguousarray(h_max.numpy()), float(rtol), float(atol), int(max_steps), CONTROL,
+            _mixture_arrays(gm), tab, out, info, d,
+        )
+    if stats is not None:
+        stats.points += n
+        stats.accepted += int(info[:, 1].sum())
+        stats.rejected += int(info[:, 2].sum())
+        stats.max_steps = max(stats.max_steps, int((info[:, 1] + info[:, 2]).max()))
+        stats.point_evals += int(info[:, 3].sum())
+    bad = np.nonzero(info[:, 0] != OK)[0]
+    if bad.size:
+        first = int(bad[0])
+        if info[first, 0] == TOO_MANY_STEPS:
+            raise RuntimeError(f"ODE solver exceeded max_steps={max_steps} at {bad.size} points (first: {first})")
+        raise RuntimeError(
+            f"ODE step size underflowed at {bad.size} points (first: {first}): "
+            "the right-hand side is singular or not finite there"
+        )
+    return torch.from_numpy(out)

@@ -1,0 +1,109 @@
+"""The compiled ODE kernel (truth/kernel.py) against the batched torch solver it replaces on CPU."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mfverify.cases import GaussianMixture, get_case
+from mfverify.truth import kernel, ode
+from mfverify.truth.fields import velocity_raw
+from mfverify.truth.solver import SolverStats
+
+from .strategies import mixtures, points_on_path, times
+
+pytestmark = pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
+
+# Both routes solve the same ODE with the same method; at 1e-13 each is within ~1e-11
+# of the exact u (test_truth), so they agree to well under 1e-9 unless a formula differs.
+TIGHT = dict(rtol=1e-13, atol=1e-13)
+
+
+@st.composite
+def diagonal_mixtures(draw, shared: bool):
+    """Mixtures with diagonal covariances: one shared spectrum (ring8-like) or one per component."""
+    K, d = draw(st.integers(1, 5)), draw(st.integers(1, 6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    w = rng.dirichlet(np.full(K, 2.0)) * 0.9 + 0.1 / K
+    var = 10 ** rng.uniform(-4, 0.3, size=(1 if shared else K, d))
+    covs = np.stack([np.diag(v) for v in np.broadcast_to(var, (K, d))])
+    return GaussianMixture(w / w.sum(), rng.normal(0.0, 1.5, size=(K, d)), covs)
+
+
+def _both_routes(mixture, x, r, t):
+    fast = ode.average_velocity(mixture, x, r, t, **TIGHT)[0]
+    try:
+        ode.USE_KERNEL = False
+        slow = ode.average_velocity(mixture, x, r, t, **TIGHT)[0]
+    finally:
+        ode.USE_KERNEL = True
+    return fast, slow
+
+
+@given(
+    gm=st.one_of(mixtures(), diagonal_mixtures(shared=True), diagonal_mixtures(shared=False)),
+    rt=times(5, t_min=0.02),
+    seed=st.integers(0, 10**6),
+)
+def test_kernel_equals_torch_solver_on_random_mixtures(gm, rt, seed):
+    r, t = rt
+    x = points_on_path(gm, t, seed)
+    fast, slow = _both_routes(gm, x, r, t)
+    assert (fast - slow).abs().max() <= 1e-9
+
+
+@pytest.mark.parametrize("name", ["ring8", "narrow2d", "random16d", "dirac2d"])
+def test_kernel_equals_torch_solver_on_named_cases(name):
+    m = get_case(name)
+    g = torch.Generator().manual_seed(3)
+    t = 0.05 + 0.95 * torch.rand(24, generator=g, dtype=torch.float64)
+    r = t * torch.rand(24, generator=g, dtype=torch.float64)
+    t[0], r[0] = 1.0, 0.0
+    x = points_on_path(m, t, 4)
+    fast, slow = _both_routes(m, x, r, t)
+    assert (fast - slow).abs().max() <= 1e-9
+
+
+def test_velocity_in_the_kernel_equals_the_torch_formula():
+    """The kernel's inlined v at random (y, tau), for each layout, to round-off."""
+    rng = np.random.default_rng(0)
+    cases = {
+        "shared": get_case("ring8"),
+        "full": get_case("random16d"),
+        "diag": GaussianMixture([0.3, 0.7], [[0.0, 1.0], [1.0, -1.0]], [np.diag([0.1, 0.01]), np.diag([0.5, 2.0])]),
+    }
+    for layout, gm in cases.items():
+        args = kernel._mixture_arrays(gm)
+        assert args[7] == {"shared": kernel._SHARED, "diag": kernel._DIAG, "full": kernel._FULL}[layout]
+        for tau in (0.01, 0.3, 0.99):
+            y = points_on_path(gm, torch.full((20,), tau, dtype=torch.float64), int(rng.integers(1 << 30)))
+            ref = velocity_raw(gm, y, torch.full((20,), tau, dtype=torch.float64))
+            got = kernel.velocity(gm, y, tau)
+            # round-off of sums of ~K*d terms of size |v| ~ 10 (1/c up to ~100 near the data)
+            assert (got - ref).abs().max() <= 1e-11 * max(1.0, ref.abs().max().item())
+
+
+def test_log_determinant_modes():
+    ring = kernel._mixture_arrays(get_case("ring8"))
+    full = kernel._mixture_arrays(get_case("random16d"))
+    dirac = kernel._mixture_arrays(get_case("dirac2d"))
+    assert ring[8] == kernel._LOGDET_CANCELS  # one spectrum: cancels in the softmax
+    assert full[8] == kernel._LOGDET_PRODUCT
+    singular = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], [np.diag([1.0, 0.0]), np.diag([0.5, 0.5])])
+    assert kernel._mixture_arrays(singular)[8] == kernel._LOGDET_SUM  # c can reach tau^2 -> 0
+    assert dirac[8] == kernel._LOGDET_CANCELS
+
+
+def test_stats_and_step_limit():
+    m = get_case("ring8")
+    x = points_on_path(m, torch.ones(6, dtype=torch.float64), 5)
+    r, t = torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64)
+    h_max = torch.full((6,), 0.05, dtype=torch.float64)
+    stats = SolverStats()
+    kernel.average_velocity(m, x, r, t, h_max, rtol=1e-12, atol=1e-12, stats=stats)
+    assert stats.points == 6
+    assert stats.accepted >= 6 * 20  # at most 0.05 of the interval per step
+    assert stats.point_evals == 6 * 2 + 12 * (stats.accepted + stats.rejected)  # 2 for the first step, 12 per step
+    with pytest.raises(RuntimeError, match="max_steps=3"):
+        kernel.average_velocity(m, x, r, t, h_max, rtol=1e-12, atol=1e-12, max_steps=3)
