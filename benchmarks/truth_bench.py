@@ -45,6 +45,9 @@ def problems(mixture, n, seed=0, full_fraction=0.2):
 def throughput(name, n):
     m = get_case(name)
     x, r, t = problems(m, n)
+    start = time.perf_counter()  # first call: compiles the kernel for this d, or loads it from numba's cache
+    ode.average_velocity(m, x[:8], r[:8], t[:8], rtol=truth.DEFAULT_RTOL, atol=truth.DEFAULT_ATOL)
+    print(f"{name:10s} warm-up (kernel compile or cache load): {time.perf_counter() - start:.1f} s")
     stats = SolverStats()
     start = time.perf_counter()
     u, _ = ode.average_velocity(m, x, r, t, rtol=truth.DEFAULT_RTOL, atol=truth.DEFAULT_ATOL, stats=stats)
