@@ -107,3 +107,20 @@ def test_stats_and_step_limit():
     assert stats.point_evals == 6 * 2 + 12 * (stats.accepted + stats.rejected)  # 2 for the first step, 12 per step
     with pytest.raises(RuntimeError, match="max_steps=3"):
         kernel.average_velocity(m, x, r, t, h_max, rtol=1e-12, atol=1e-12, max_steps=3)
+
+
+def test_results_do_not_depend_on_the_number_of_threads():
+    """Each point is integrated on its own: the split over threads cannot change a bit."""
+    m = get_case("random16d")
+    t = torch.linspace(0.1, 1.0, 40, dtype=torch.float64)
+    r = 0.3 * t
+    x = points_on_path(m, t, 6)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ode.average_velocity(m, x, r, t, rtol=1e-12, atol=1e-12)[0]
+        torch.set_num_threads(2)
+        two = ode.average_velocity(m, x, r, t, rtol=1e-12, atol=1e-12)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)

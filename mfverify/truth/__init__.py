@@ -8,7 +8,8 @@ Routes for the flow map and the average velocity (``method=``):
 
 - ``"closed_form"``: one Gaussian, any full covariance (``gaussian.py``);
 - ``"quantile"``: 1-D mixtures and ``ProductMixture`` (``quantile.py``);
-- ``"ode"``: any mixture, adaptive DOP853 in float64 with per-point steps (``ode.py``).
+- ``"ode"``: any mixture, adaptive DOP853 in float64 with per-point steps (``ode.py``;
+  values of full mixtures on the CPU run in the compiled ``kernel.py``).
 
 ``method=None`` picks the most exact route that applies: closed form, else
 quantile matching (with the ODE route for intervals ``t - r`` shorter than

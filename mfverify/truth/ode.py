@@ -6,7 +6,8 @@ With ``tau(s) = t - s (t - r)`` and ``z(s) = (x - x(tau(s))) / (t - r)``,
 
 so ``u`` is integrated directly: no cancellation as ``r -> t``, and error
 control acts on ``u`` itself. Each point has its own step size
-(``solver.solve``).
+(``solver.solve``; for values of a full mixture on the CPU, the same method
+compiled per point in ``kernel.py``).
 
 Derivatives (the variational equation, integrated with the flow): a tangent
 ``(dx, dr, dt)`` moves ``y = x - (t-r) z`` by
