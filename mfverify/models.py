@@ -40,7 +40,9 @@ class TimeFeatures(nn.Module):
     [1, max_freq]; ``fourier``: fixed random Gaussian frequencies of scale ``max_freq / 4``.
     """
 
-    def __init__(self, kind: str = "sinusoidal", n_freqs: int = 8, max_freq: float = 64.0, seed: int = 0):
+    def __init__(
+        self, kind: str = "sinusoidal", n_freqs: int = 8, max_freq: float = 64.0, seed: int = 0, dtype=None
+    ):
         super().__init__()
         if kind not in TIME_FEATURES:
             raise ValueError(f"time_features must be one of {TIME_FEATURES}, got {kind!r}")
@@ -49,7 +51,7 @@ class TimeFeatures(nn.Module):
         else:
             g = torch.Generator().manual_seed(seed)
             freqs = torch.randn(n_freqs, generator=g, dtype=torch.float64).abs() * max_freq / 4
-        self.register_buffer("freqs", (math.pi * freqs).to(torch.get_default_dtype()))
+        self.register_buffer("freqs", (math.pi * freqs).to(dtype or torch.get_default_dtype()))
         self.dim = 2 * n_freqs + 1
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
@@ -83,7 +85,11 @@ class MeanFlowMLP(nn.Module):
         time_features: str = "sinusoidal",
         n_freqs: int = 8,
         max_freq: float = 64.0,
+        dtype: torch.dtype | None = None,
     ):
+        """``dtype``: of the parameters as initialised (default: torch's default dtype).
+        The initial draws depend on it, so fix it where results must not depend on the
+        caller's default dtype (``train.build_model`` uses float32)."""
         super().__init__()
         for name, value in (("d", d), ("width", width), ("depth", depth), ("n_freqs", n_freqs)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -93,14 +99,14 @@ class MeanFlowMLP(nn.Module):
         self.d, self.time_inputs = d, time_inputs
         if not max_freq > 0:
             raise ValueError(f"max_freq must be positive, got {max_freq!r}")
-        self.time_a = TimeFeatures(time_features, n_freqs, max_freq, seed=0)
-        self.time_b = TimeFeatures(time_features, n_freqs, max_freq, seed=1)
+        self.time_a = TimeFeatures(time_features, n_freqs, max_freq, seed=0, dtype=dtype)
+        self.time_b = TimeFeatures(time_features, n_freqs, max_freq, seed=1, dtype=dtype)
         layers: list[nn.Module] = []
         fan_in = d + self.time_a.dim + self.time_b.dim
         for _ in range(depth):
-            layers += [nn.Linear(fan_in, width), nn.SiLU()]
+            layers += [nn.Linear(fan_in, width, dtype=dtype), nn.SiLU()]
             fan_in = width
-        layers.append(nn.Linear(fan_in, d))
+        layers.append(nn.Linear(fan_in, d, dtype=dtype))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -98,7 +98,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build_model(cfg: TrainConfig, d: int) -> MeanFlowMLP:
-    return MeanFlowMLP(d, width=cfg.width, depth=cfg.depth, time_inputs=cfg.time_inputs, max_freq=cfg.time_max_freq)
+    # initialised in float32 whatever torch's default dtype is (the initial draws depend
+    # on it), then cast to cfg.dtype by the caller: a seed gives the same model everywhere
+    return MeanFlowMLP(
+        d, width=cfg.width, depth=cfg.depth, time_inputs=cfg.time_inputs, max_freq=cfg.time_max_freq,
+        dtype=torch.float32,
+    )
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:

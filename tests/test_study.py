@@ -69,6 +69,14 @@ def test_same_seed_gives_identical_results(tiny, tmp_path):
     assert a == c  # parallel processes give the same numbers
 
 
+def test_spawned_workers_give_the_same_results(tiny, tmp_path):
+    """GPU studies start workers with spawn: fresh interpreters, none of this process's
+    global torch state (the tests' default dtype is float64), and the same numbers."""
+    a = (_run(tiny, tmp_path / "a") / "results.csv").read_bytes()
+    s = (_run(tiny, tmp_path / "s", jobs=2, start_method="spawn") / "results.csv").read_bytes()
+    assert a == s
+
+
 def test_interrupted_study_resumes_without_redoing_finished_runs(tiny, tmp_path):
     full = _run(tiny, tmp_path / "full")
     out = tmp_path / "resumed"

@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import multiprocessing
 import os
 import platform
 import sys
@@ -202,7 +203,9 @@ def _job(args):
 # --------------------------------------------------------------- the study
 
 
-def run_study(study: Study, out, jobs: int = 1, progress: bool = True, resume: bool = False, stop_after=None) -> Path:
+def run_study(
+    study: Study, out, jobs: int = 1, progress: bool = True, resume: bool = False, stop_after=None, start_method=None
+) -> Path:
     out = Path(out)
     config_text = to_toml(study, header=f"resolved configuration of study {study.study.name} ({study.source})")
     if (out / "config.toml").exists():
@@ -237,7 +240,13 @@ def run_study(study: Study, out, jobs: int = 1, progress: bool = True, resume: b
             if stop_after is not None and done >= stop_after:
                 raise StudyInterrupted(f"stopped after {done} runs")
     else:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init) as pool:
+        # CUDA cannot be used in a child forked after the parent touched it (env.json
+        # asks for the device name), so GPU studies start their workers with spawn;
+        # CPU studies fork (cheap, and nothing to re-import).
+        if start_method is None:
+            start_method = "spawn" if resolve_device(study.train.device).type == "cuda" else "fork"
+        context = multiprocessing.get_context(start_method)
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init, mp_context=context) as pool:
             futures = [pool.submit(_job, (study, out, *run)) for run in todo]
             for f in as_completed(futures):
                 f.result()
@@ -316,6 +325,13 @@ def summary(study: Study, rows, records) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _version(module: str):
+    try:
+        return __import__(module).__version__
+    except ImportError:  # pragma: no cover
+        return None
+
+
 def environment(study: Study) -> dict:
     import numpy
     import scipy
@@ -337,6 +353,7 @@ def environment(study: Study) -> dict:
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
         "pot": pot,
+        "numba": _version("numba"),
         "device": str(device),
         "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
