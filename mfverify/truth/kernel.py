@@ -11,10 +11,13 @@ The velocity at ``(y, tau)`` follows ``fields.py``: in the eigenbasis of ``S_k``
 ``Y_k = Q_k^T y - (1-tau) Q_k^T mu_k``, ``c_k = (1-tau)^2 lam_k + tau^2``,
 ``logit_k = log w_k - (sum Y_k^2 / c_k + sum log c_k) / 2``,
 ``v = sum_k pi_k [Q_k ((tau - (1-tau) lam_k) / c_k * Y_k) - mu_k]``.
-Shortcuts, all exact: diagonal covariances skip the rotations; when every component
-has the same eigenvalues the log-determinant cancels in the softmax and is skipped;
-components with ``logit_k < max - 50`` (weight below 2e-22 relative) are left out of
-the sum, far below the 1e-12 tolerances this serves.
+Shortcuts: diagonal covariances skip the rotations (one shared diagonal spectrum,
+as in ring8, also shares c and a between components, with scalar code in 2-D); when
+every component has the same eigenvalues the log-determinant cancels in the softmax;
+components with ``logit_k < max - 50`` (weight below 2e-22 relative, far below the
+1e-12 tolerances this serves) are left out of the sum, and for full covariances an
+upper bound on the logit (from the largest eigenvalue) drops most of them before
+their rotation is computed.
 
 Only values (no tangents) on CPU; ``ode.py`` falls back to the torch solver for
 tangents, other devices, product mixtures, or when numba is not installed.
