@@ -6,6 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mfverify import truth
 from mfverify.cases import GaussianMixture, get_case
 from mfverify.truth import kernel, ode
 from mfverify.truth.fields import velocity_raw
@@ -124,3 +125,27 @@ def test_results_do_not_depend_on_the_number_of_threads():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
+
+
+def test_a_fresh_compile_gives_the_same_bits_as_this_process():
+    """No fast-math: a kernel compiled from scratch (numba's cache off) and the one this
+    process uses (possibly loaded from the cache) return identical bits."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, torch\n"
+        "from mfverify.cases import get_case\n"
+        "from mfverify import truth\n"
+        "m = get_case('random16d')\n"
+        "x = torch.randn(64, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)\n"
+        "print(hashlib.md5(truth.flow_map(m, x, 1.0, 0.0).numpy().tobytes()).hexdigest())\n"
+    )
+    env = dict(os.environ, NUMBA_DISABLE_CACHE="1")
+    fresh = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    m = get_case("random16d")
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    here = truth.flow_map(m, x, 1.0, 0.0)
+    assert fresh.stdout.strip() == hashlib.md5(here.numpy().tobytes()).hexdigest()

@@ -82,11 +82,12 @@ def available() -> bool:
 
 if numba is not None:
 
-    # reassociation lets LLVM vectorise the dot products (round-off-level changes only);
-    # no 'nnan'/'ninf', so non-finite values still propagate to the step control
-    _FAST = {"reassoc", "contract", "nsz", "arcp"}
+    # No fast-math anywhere: with reassociation LLVM vectorised the dot products (random16d
+    # about 1.8x faster) but the bits then depended on how a function was compiled (a
+    # fresh compile and numba's cached build differed by 4e-13), and the study must give
+    # the same results.csv on every run. IEEE semantics make every build agree.
 
-    @njit(cache=True, fastmath=_FAST, nogil=True, error_model="numpy", inline="always")
+    @njit(cache=True, nogil=True, error_model="numpy", inline="always")
     def _softmax_inplace(logit, best, K):
         """logit <- exp(logit - best) / sum, with terms below best - _SKIP_LOGIT set to 0."""
         total = 0.0
@@ -101,7 +102,7 @@ if numba is not None:
         for k in range(K):
             logit[k] *= inv_total
 
-    @njit(cache=True, fastmath=_FAST, nogil=True, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _velocity(y, tau, log_w, mu, lam, lam_max, Qcat, QTcat, muQ, layout, logdet_mode, Yb, cb, logit, out, row, D):
         """v(y, tau) into ``out[row]``; scratch Yb, cb (K*d,), logit (3*K,).
 
