@@ -60,14 +60,14 @@ def _rhs(mixture, m: int):
 def _solve(mixture, x, r, t, tangent, rtol, atol, stats):
     n, d = x.shape
     m = 0 if tangent is None else tangent[0].shape[1]
-    state0 = torch.zeros(n, (1 + m) * d, dtype=torch.float64, device=x.device)
-    params = (x, r, t) + (() if tangent is None else tuple(tangent))
     # A step may not span more than MAX_DTAU of path time: the posterior can switch
     # between components within a short time, and one long step can straddle a
     # switch with an error estimate that misses it (seen on ring8: 7e-6 at rtol 1e-11).
     max_step = (MAX_DTAU / (t - r).clamp_min(1e-300)).clamp_max(1.0)
     if m == 0 and _kernel_applies(mixture, x):
         return kernel.average_velocity(mixture, x, r, t, max_step, rtol=rtol, atol=atol, stats=stats), None
+    state0 = torch.zeros(n, (1 + m) * d, dtype=torch.float64, device=x.device)
+    params = (x, r, t) + (() if tangent is None else tuple(tangent))
     state = solver.solve(_rhs(mixture, m), state0, params, rtol=rtol, atol=atol, max_step=max_step, stats=stats)
     u = state[:, :d]
     du = None if m == 0 else state[:, d:].view(n, m, d)
