@@ -76,7 +76,7 @@ def test_velocity_in_the_kernel_equals_the_torch_formula():
     }
     for layout, gm in cases.items():
         args = kernel._mixture_arrays(gm)
-        assert args[7] == {"shared": kernel._SHARED, "diag": kernel._DIAG, "full": kernel._FULL}[layout]
+        assert args[-2] == {"shared": kernel._SHARED, "diag": kernel._DIAG, "full": kernel._FULL}[layout]
         for tau in (0.01, 0.3, 0.99):
             y = points_on_path(gm, torch.full((20,), tau, dtype=torch.float64), int(rng.integers(1 << 30)))
             ref = velocity_raw(gm, y, torch.full((20,), tau, dtype=torch.float64))
@@ -89,11 +89,11 @@ def test_log_determinant_modes():
     ring = kernel._mixture_arrays(get_case("ring8"))
     full = kernel._mixture_arrays(get_case("random16d"))
     dirac = kernel._mixture_arrays(get_case("dirac2d"))
-    assert ring[8] == kernel._LOGDET_CANCELS  # one spectrum: cancels in the softmax
-    assert full[8] == kernel._LOGDET_PRODUCT
+    assert ring[-1] == kernel._LOGDET_CANCELS  # one spectrum: cancels in the softmax
+    assert full[-1] == kernel._LOGDET_PRODUCT
     singular = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], [np.diag([1.0, 0.0]), np.diag([0.5, 0.5])])
-    assert kernel._mixture_arrays(singular)[8] == kernel._LOGDET_SUM  # c can reach tau^2 -> 0
-    assert dirac[8] == kernel._LOGDET_CANCELS
+    assert kernel._mixture_arrays(singular)[-1] == kernel._LOGDET_SUM  # c can reach tau^2 -> 0
+    assert dirac[-1] == kernel._LOGDET_CANCELS
 
 
 def test_stats_and_step_limit():
@@ -127,9 +127,11 @@ def test_results_do_not_depend_on_the_number_of_threads():
     assert torch.equal(one, two)
 
 
-def test_a_fresh_compile_gives_the_same_bits_as_this_process():
+@pytest.mark.parametrize("slp", [True, False])
+def test_a_fresh_compile_gives_the_same_bits_as_this_process(slp):
     """No fast-math: a kernel compiled from scratch (numba's cache off) and the one this
-    process uses (possibly loaded from the cache) return identical bits."""
+    process uses (possibly loaded from the cache) return identical bits; so does a build
+    without the SLP vectoriser (vector lanes do the scalar code's operations in its order)."""
     import hashlib
     import os
     import subprocess
@@ -139,6 +141,8 @@ def test_a_fresh_compile_gives_the_same_bits_as_this_process():
         "import hashlib, torch\n"
         "from mfverify.cases import get_case\n"
         "from mfverify import truth\n"
+        "from mfverify.truth import kernel\n"
+        f"kernel.SLP = {slp}\n"
         "m = get_case('random16d')\n"
         "x = torch.randn(64, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)\n"
         "print(hashlib.md5(truth.flow_map(m, x, 1.0, 0.0).numpy().tobytes()).hexdigest())\n"
