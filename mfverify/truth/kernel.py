@@ -75,6 +75,7 @@ _E3 = np.ascontiguousarray(solver._E3.numpy())
 _E5 = np.ascontiguousarray(solver._E5.numpy())
 SPECIALISE_D = 2  # dimensions up to this get a kernel compiled for their d (about 10 s each, cached)
 _BLOCK = 32  # points per parallel work item
+_SMALL_D = 4  # up to this d the solver's stage sums run one coordinate at a time (in registers)
 SLP = True  # compile with LLVM's SLP vectoriser (see _slp_vectorization); a test compares both builds
 _SKIP_LOGIT = 50.0  # components with logit < max - 50 carry weight < 2e-22: left out
 
@@ -542,17 +543,24 @@ if numba is not None:
         steps = 0
         while True:
             h = min(h, 1.0 - s)
-            # stage sums with the point's coordinates innermost (independent, so they
-            # vectorise); each still sums over the stages j in order: the same bits
+            # stage sums; for larger d with the point's coordinates innermost (independent,
+            # so they vectorise). Either way each sums over the stages j in order: the same bits
             for st in range(1, n_stages):
-                for i in range(d):
-                    ytmp[i] = 0.0
-                for j in range(st):
-                    a = A[st, j]
+                if d <= _SMALL_D:
                     for i in range(d):
-                        ytmp[i] += a * k_stages[j, i]
-                for i in range(d):
-                    ytmp[i] = y[i] + h * ytmp[i]
+                        acc = 0.0
+                        for j in range(st):
+                            acc += A[st, j] * k_stages[j, i]
+                        ytmp[i] = y[i] + h * acc
+                else:
+                    for i in range(d):
+                        ytmp[i] = 0.0
+                    for j in range(st):
+                        a = A[st, j]
+                        for i in range(d):
+                            ytmp[i] += a * k_stages[j, i]
+                    for i in range(d):
+                        ytmp[i] = y[i] + h * ytmp[i]
                 _rhs(s + C[st] * h, ytmp, x, r, t, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, ybuf, k_stages, st, D)
             for i in range(d):
                 ynew[i] = 0.0
