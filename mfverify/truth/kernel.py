@@ -122,46 +122,62 @@ if numba is not None:
         for k in range(K):
             logit[k] *= inv_total
 
-    @njit(cache=True, nogil=True, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy", inline="always")
     def _velocity(y, tau, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, out, row, D):
         """v(y, tau) into ``out[row]``; scratch Yb ((K+1)*d,), cb (K*d,), logit (3*K,).
 
-        Inner loops are contiguous so that they vectorise."""
+        ``D`` is a compile-time constant for d <= SPECIALISE_D. Only the 2-D shared-spectrum
+        case uses it (``_velocity_shared_2d``); every other case goes to ``_velocity_general``,
+        compiled once for a run-time d (``D + 0``) and shared by all dimensions, which keeps
+        the first compile short."""
+        if layout == _SHARED and D == 2:
+            _velocity_shared_2d(y, tau, log_w, mu, lam, logit, out, row)
+        else:
+            _velocity_general(y, tau, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, out, row, D + 0)
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _velocity_shared_2d(y, tau, log_w, mu, lam, logit, out, row):
+        """The 2-D case of the shared-spectrum branch of ``_velocity_general`` in scalars
+        (about 3x faster than its loops over scratch arrays)."""
         K = mu.shape[0]
-        d = D  # a compile-time constant for small d: the short loops unroll
         one_m = 1.0 - tau
         one_m2 = one_m * one_m
         tau2 = tau * tau
         best = -np.inf
-        if layout == _SHARED and d == 2:
-            # the 2-D case of the branch below in scalars (d is a compile-time constant
-            # here): about 3x faster than the loops over scratch arrays
-            ic0 = 1.0 / (one_m2 * lam[0, 0] + tau2)
-            ic1 = 1.0 / (one_m2 * lam[0, 1] + tau2)
-            y0 = y[0]
-            y1 = y[1]
-            for k in range(K):
-                e0 = y0 - one_m * mu[k, 0]
-                e1 = y1 - one_m * mu[k, 1]
-                lk = log_w[k] - 0.5 * (e0 * e0 * ic0 + e1 * e1 * ic1)
-                logit[k] = lk
-                if lk > best:
-                    best = lk
-            total = 0.0
-            m0 = 0.0
-            m1 = 0.0
-            for k in range(K):
-                g = logit[k] - best
-                if g >= -_SKIP_LOGIT:
-                    e = math.exp(g)
-                    total += e
-                    m0 += e * mu[k, 0]
-                    m1 += e * mu[k, 1]
-            a0 = (tau - one_m * lam[0, 0]) * ic0
-            a1 = (tau - one_m * lam[0, 1]) * ic1
-            out[row, 0] = a0 * y0 - (1.0 + one_m * a0) * (m0 / total)
-            out[row, 1] = a1 * y1 - (1.0 + one_m * a1) * (m1 / total)
-            return
+        ic0 = 1.0 / (one_m2 * lam[0, 0] + tau2)
+        ic1 = 1.0 / (one_m2 * lam[0, 1] + tau2)
+        y0 = y[0]
+        y1 = y[1]
+        for k in range(K):
+            e0 = y0 - one_m * mu[k, 0]
+            e1 = y1 - one_m * mu[k, 1]
+            lk = log_w[k] - 0.5 * (e0 * e0 * ic0 + e1 * e1 * ic1)
+            logit[k] = lk
+            if lk > best:
+                best = lk
+        total = 0.0
+        m0 = 0.0
+        m1 = 0.0
+        for k in range(K):
+            g = logit[k] - best
+            if g >= -_SKIP_LOGIT:
+                e = math.exp(g)
+                total += e
+                m0 += e * mu[k, 0]
+                m1 += e * mu[k, 1]
+        a0 = (tau - one_m * lam[0, 0]) * ic0
+        a1 = (tau - one_m * lam[0, 1]) * ic1
+        out[row, 0] = a0 * y0 - (1.0 + one_m * a0) * (m0 / total)
+        out[row, 1] = a1 * y1 - (1.0 + one_m * a1) * (m1 / total)
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _velocity_general(y, tau, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, out, row, d):
+        """v(y, tau) into ``out[row]`` for any layout and d (see ``_velocity``)."""
+        K = mu.shape[0]
+        one_m = 1.0 - tau
+        one_m2 = one_m * one_m
+        tau2 = tau * tau
+        best = -np.inf
         if layout == _SHARED:
             # diagonal covariances with one spectrum: c and a are the same for every
             # component, and v = a y - (1 + (1 - tau) a) sum_k pi_k mu_k
