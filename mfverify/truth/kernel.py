@@ -239,7 +239,7 @@ if numba is not None:
         elif logdet_mode == _LOGDET_SUM:
             for j in range(d):
                 for k in range(K):
-                    logit[2 * K + k] += math.log(one_m2 * lam[k, j] + tau2)
+                    logit[2 * K + k] += math.log(one_m2 * mlT[1, j, k] + tau2)
         first = 0
         for k in range(K):
             logit[2 * K + k] = log_w[k] - 0.5 * logit[2 * K + k]
