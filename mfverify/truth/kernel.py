@@ -256,7 +256,7 @@ if numba is not None:
                 for j in range(d):
                     Yb[o + j] = y[j] - one_m * mu[k, j]
             else:
-                # Y = Q_k^T y - (1 - tau) Q_k^T mu_k. Sixteen (then eight, four) outputs at a time in local
+                # Y = Q_k^T y - (1 - tau) Q_k^T mu_k. Sixteen (then four) outputs at a time in local
                 # accumulators: each Y_j still sums i = 0..d-1 in order (the bits of a dot
                 # product), and the independent chains vectorise (SLP) without
                 # reassociation, i.e. without fast-math
@@ -315,35 +315,6 @@ if numba is not None:
                     Yb[o + j + 14] = a14 - one_m * muQ[k, j + 14]
                     Yb[o + j + 15] = a15 - one_m * muQ[k, j + 15]
                     j += 16
-                while j + 8 <= d:
-                    a0 = 0.0
-                    a1 = 0.0
-                    a2 = 0.0
-                    a3 = 0.0
-                    a4 = 0.0
-                    a5 = 0.0
-                    a6 = 0.0
-                    a7 = 0.0
-                    for i in range(d):
-                        yi = y[i]
-                        row_i = base + i
-                        a0 += Qrows[row_i, j] * yi
-                        a1 += Qrows[row_i, j + 1] * yi
-                        a2 += Qrows[row_i, j + 2] * yi
-                        a3 += Qrows[row_i, j + 3] * yi
-                        a4 += Qrows[row_i, j + 4] * yi
-                        a5 += Qrows[row_i, j + 5] * yi
-                        a6 += Qrows[row_i, j + 6] * yi
-                        a7 += Qrows[row_i, j + 7] * yi
-                    Yb[o + j] = a0 - one_m * muQ[k, j]
-                    Yb[o + j + 1] = a1 - one_m * muQ[k, j + 1]
-                    Yb[o + j + 2] = a2 - one_m * muQ[k, j + 2]
-                    Yb[o + j + 3] = a3 - one_m * muQ[k, j + 3]
-                    Yb[o + j + 4] = a4 - one_m * muQ[k, j + 4]
-                    Yb[o + j + 5] = a5 - one_m * muQ[k, j + 5]
-                    Yb[o + j + 6] = a6 - one_m * muQ[k, j + 6]
-                    Yb[o + j + 7] = a7 - one_m * muQ[k, j + 7]
-                    j += 8
                 while j + 4 <= d:
                     a0 = 0.0
                     a1 = 0.0
@@ -391,7 +362,7 @@ if numba is not None:
             if layout == _DIAG:
                 for i in range(d):
                     out[row, i] += cb[o + i] - p * mu[k, i]
-            else:  # Q_k (pi_k a_k Y_k), sixteen, eight, then four outputs at a time (see above)
+            else:  # Q_k (pi_k a_k Y_k), sixteen, then four outputs at a time (see above)
                 i = 0
                 while i + 16 <= d:
                     a0 = 0.0
@@ -446,35 +417,6 @@ if numba is not None:
                     out[row, i + 14] += a14 - p * mu[k, i + 14]
                     out[row, i + 15] += a15 - p * mu[k, i + 15]
                     i += 16
-                while i + 8 <= d:
-                    a0 = 0.0
-                    a1 = 0.0
-                    a2 = 0.0
-                    a3 = 0.0
-                    a4 = 0.0
-                    a5 = 0.0
-                    a6 = 0.0
-                    a7 = 0.0
-                    for j in range(d):
-                        cj = cb[o + j]
-                        row_j = o + j
-                        a0 += QTcat[row_j, i] * cj
-                        a1 += QTcat[row_j, i + 1] * cj
-                        a2 += QTcat[row_j, i + 2] * cj
-                        a3 += QTcat[row_j, i + 3] * cj
-                        a4 += QTcat[row_j, i + 4] * cj
-                        a5 += QTcat[row_j, i + 5] * cj
-                        a6 += QTcat[row_j, i + 6] * cj
-                        a7 += QTcat[row_j, i + 7] * cj
-                    out[row, i] += a0 - p * mu[k, i]
-                    out[row, i + 1] += a1 - p * mu[k, i + 1]
-                    out[row, i + 2] += a2 - p * mu[k, i + 2]
-                    out[row, i + 3] += a3 - p * mu[k, i + 3]
-                    out[row, i + 4] += a4 - p * mu[k, i + 4]
-                    out[row, i + 5] += a5 - p * mu[k, i + 5]
-                    out[row, i + 6] += a6 - p * mu[k, i + 6]
-                    out[row, i + 7] += a7 - p * mu[k, i + 7]
-                    i += 8
                 while i + 4 <= d:
                     a0 = 0.0
                     a1 = 0.0
