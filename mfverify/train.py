@@ -106,6 +106,30 @@ def build_model(cfg: TrainConfig, d: int) -> MeanFlowMLP:
     )
 
 
+_CHUNK = 100  # training steps whose batches are drawn (and, on a GPU, losses read) together
+
+
+def _batches(cfg: TrainConfig, mixture, g: torch.Generator, device, dtype):
+    """Per step ``(x0, x1, r, t)`` on ``device``: drawn on the CPU in float64 from ``g``,
+    step by step in the same order whatever the chunking, and moved a chunk at a time
+    (one host-to-device copy per chunk instead of four per step)."""
+    for first in range(0, cfg.steps, _CHUNK):
+        draws = []
+        for _ in range(min(_CHUNK, cfg.steps - first)):
+            x0 = mixture.sample(cfg.batch, generator=g)
+            x1 = torch.randn(cfg.batch, mixture.d, generator=g, dtype=torch.float64)
+            r, t = sample_times(
+                cfg.batch, cfg.time_sampler, cfg.time_mean, cfg.time_std, cfg.frac_r_eq_t, g, dtype=torch.float64
+            )
+            draws.append((x0, x1, r, t))
+        chunk = [torch.stack(parts).to(device=device, dtype=dtype) for parts in zip(*draws)]
+        yield from zip(*chunk)
+
+
+def _loss_check_interval(device: torch.device) -> int:
+    return 1 if device.type == "cpu" else _CHUNK
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     mixture = get_case(cfg.case)
@@ -113,6 +137,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     model = build_model(cfg, mixture.d).to(device=device, dtype=dtype)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer]
+    model_params, ema_params = list(model.parameters()), list(ema.parameters())
     opt = opt_class(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = None
     if cfg.lr_schedule == "cosine":
@@ -121,28 +146,34 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     options = {} if cfg.objective == "scm" else {"p": cfg.p, "c": cfg.c}
     g = torch.Generator().manual_seed(cfg.seed)
     result = TrainResult(model=model, ema=ema)
+    # on a GPU every host read of the loss waits for the queue to drain: the losses are
+    # read (and checked) once per chunk there; on the CPU after every step as before
+    check_every = _loss_check_interval(device)
+    pending = []
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=f"{cfg.case}/{cfg.objective}/seed{cfg.seed}", disable=not progress, leave=False)
-    for step in bar:
-        x0 = mixture.sample(cfg.batch, generator=g).to(device=device, dtype=dtype)
-        x1 = torch.randn(cfg.batch, mixture.d, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
-        r, t = sample_times(cfg.batch, cfg.time_sampler, cfg.time_mean, cfg.time_std, cfg.frac_r_eq_t, g, device, dtype)
+    bar = tqdm(total=cfg.steps, desc=f"{cfg.case}/{cfg.objective}/seed{cfg.seed}", disable=not progress, leave=False)
+    for step, (x0, x1, r, t) in enumerate(_batches(cfg, mixture, g, device, dtype)):
         loss = loss_fn(model, x0, x1, r, t, jvp=cfg.jvp, **options).mean()
-        value = loss.item()
-        result.losses.append(value)
-        if not math.isfinite(value):
-            result.diverged_step = step
-            break
+        pending.append(loss.detach())
+        if len(pending) == check_every or step == cfg.steps - 1:
+            values = torch.stack(pending).tolist()
+            pending = []
+            bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+            if bad:
+                result.losses += values[: bad[0] + 1]
+                result.diverged_step = step - len(values) + 1 + bad[0]
+                break
+            result.losses += values
+            bar.update(len(values))
+            bar.set_postfix(loss=f"{values[-1]:.4g}", refresh=False)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if schedule is not None:
             schedule.step()
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - cfg.ema_decay)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{value:.4g}")
+            torch._foreach_lerp_(ema_params, model_params, 1 - cfg.ema_decay)
+    bar.close()
     result.wall_seconds = time.perf_counter() - start
     return result
 
