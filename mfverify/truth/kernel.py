@@ -113,73 +113,91 @@ if numba is not None:
     # over components innermost), which SLP and loop vectorisation pack into SIMD
     # registers without changing any summation order.
 
+    @njit(cache=True, nogil=True, inline="always")
+    def _scratch_offsets(K, d):
+        """Offsets in the scratch ``S`` ((2K + 2) d + 3K,) of one thread: Y_k rows (and a
+        spare row) at 0, the coefficients at ``oc``, the logits and their bounds (3K) at
+        ``ol``, the point y at ``oy``."""
+        oc = (K + 1) * d
+        ol = oc + K * d
+        return oc, ol, ol + 3 * K
+
     @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-    def _softmax_inplace(logit, best, K):
-        """logit <- exp(logit - best) / sum, with terms below best - _SKIP_LOGIT set to 0."""
+    def _softmax_inplace(S, ol, best, K):
+        """logit <- exp(logit - best) / sum for the logits S[ol:ol + K], with terms below
+        best - _SKIP_LOGIT set to 0."""
         total = 0.0
         for k in range(K):
-            if logit[k] < best - _SKIP_LOGIT:
-                logit[k] = 0.0
+            if S[ol + k] < best - _SKIP_LOGIT:
+                S[ol + k] = 0.0
             else:
-                e = math.exp(logit[k] - best)
-                logit[k] = e
+                e = math.exp(S[ol + k] - best)
+                S[ol + k] = e
                 total += e
         inv_total = 1.0 / total
         for k in range(K):
-            logit[k] *= inv_total
+            S[ol + k] *= inv_total
 
     @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-    def _velocity(y, tau, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, out, row, D):
-        """v(y, tau) into ``out[row]``; scratch Yb ((K+1)*d,), cb (K*d,), logit (3*K,).
+    def _velocity(tau, KT, MK, QQ, layout, logdet_mode, S, out, row, D):
+        """v(y, tau) into ``out[row]``, for y in the scratch ``S`` (layout: ``_scratch_offsets``).
+
+        The mixture comes packed in three arrays (``_mixture_arrays``) and the scratch in
+        one: every array passed to a function that is not inlined costs an atomic
+        reference-count increment and decrement per call, about 6 ns per array here,
+        which with thirteen separate arrays was a tenth of an evaluation in 16-D.
 
         ``D`` is a compile-time constant for d <= SPECIALISE_D. Only the 2-D shared-spectrum
         case uses it (``_velocity_shared_2d``); every other case goes to ``_velocity_general``,
         compiled once for a run-time d (``D + 0``) and shared by all dimensions, which keeps
         the first compile short."""
         if layout == _SHARED and D == 2:
-            _velocity_shared_2d(y, tau, log_w, mu, lam, logit, out, row)
+            _velocity_shared_2d(tau, KT, MK, S, out, row)
         else:
-            _velocity_general(y, tau, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, out, row, D + 0)
+            _velocity_general(tau, KT, MK, QQ, layout, logdet_mode, S, out, row, D + 0)
 
     @njit(cache=True, nogil=True, error_model="numpy")
-    def _velocity_shared_2d(y, tau, log_w, mu, lam, logit, out, row):
+    def _velocity_shared_2d(tau, KT, MK, S, out, row):
         """The 2-D case of the shared-spectrum branch of ``_velocity_general`` in scalars
         (about 3x faster than its loops over scratch arrays)."""
-        K = mu.shape[0]
+        K = MK.shape[0] // 3
+        oc, ol, oy = _scratch_offsets(K, 2)
         one_m = 1.0 - tau
         one_m2 = one_m * one_m
         tau2 = tau * tau
         best = -np.inf
-        ic0 = 1.0 / (one_m2 * lam[0, 0] + tau2)
-        ic1 = 1.0 / (one_m2 * lam[0, 1] + tau2)
-        y0 = y[0]
-        y1 = y[1]
+        ic0 = 1.0 / (one_m2 * MK[K, 0] + tau2)
+        ic1 = 1.0 / (one_m2 * MK[K, 1] + tau2)
+        y0 = S[oy]
+        y1 = S[oy + 1]
         for k in range(K):
-            e0 = y0 - one_m * mu[k, 0]
-            e1 = y1 - one_m * mu[k, 1]
-            lk = log_w[k] - 0.5 * (e0 * e0 * ic0 + e1 * e1 * ic1)
-            logit[k] = lk
+            e0 = y0 - one_m * MK[k, 0]
+            e1 = y1 - one_m * MK[k, 1]
+            lk = KT[4, k] - 0.5 * (e0 * e0 * ic0 + e1 * e1 * ic1)
+            S[ol + k] = lk
             if lk > best:
                 best = lk
         total = 0.0
         m0 = 0.0
         m1 = 0.0
         for k in range(K):
-            g = logit[k] - best
+            g = S[ol + k] - best
             if g >= -_SKIP_LOGIT:
                 e = math.exp(g)
                 total += e
-                m0 += e * mu[k, 0]
-                m1 += e * mu[k, 1]
-        a0 = (tau - one_m * lam[0, 0]) * ic0
-        a1 = (tau - one_m * lam[0, 1]) * ic1
+                m0 += e * MK[k, 0]
+                m1 += e * MK[k, 1]
+        a0 = (tau - one_m * MK[K, 0]) * ic0
+        a1 = (tau - one_m * MK[K, 1]) * ic1
         out[row, 0] = a0 * y0 - (1.0 + one_m * a0) * (m0 / total)
         out[row, 1] = a1 * y1 - (1.0 + one_m * a1) * (m1 / total)
 
     @njit(cache=True, nogil=True, error_model="numpy")
-    def _velocity_general(y, tau, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, out, row, d):
+    def _velocity_general(tau, KT, MK, QQ, layout, logdet_mode, S, out, row, d):
         """v(y, tau) into ``out[row]`` for any layout and d (see ``_velocity``)."""
-        K = mu.shape[0]
+        K = MK.shape[0] // 3
+        KD = K * d
+        oc, ol, oy = _scratch_offsets(K, d)
         one_m = 1.0 - tau
         one_m2 = one_m * one_m
         tau2 = tau * tau
@@ -188,73 +206,73 @@ if numba is not None:
             # diagonal covariances with one spectrum: c and a are the same for every
             # component, and v = a y - (1 + (1 - tau) a) sum_k pi_k mu_k
             for j in range(d):
-                c = one_m2 * lam[0, j] + tau2
-                cb[j] = 1.0 / c
-                Yb[j] = (tau - one_m * lam[0, j]) / c
+                c = one_m2 * MK[K + 0, j] + tau2
+                S[oc + j] = 1.0 / c
+                S[j] = (tau - one_m * MK[K + 0, j]) / c
             for k in range(K):
                 quad = 0.0
                 for j in range(d):
-                    Yj = y[j] - one_m * mu[k, j]
-                    quad += Yj * Yj * cb[j]
-                lk = log_w[k] - 0.5 * quad
-                logit[k] = lk
+                    Yj = S[oy + j] - one_m * MK[k, j]
+                    quad += Yj * Yj * S[oc + j]
+                lk = KT[2 * d, k] - 0.5 * quad
+                S[ol + k] = lk
                 best = max(best, lk)
-            _softmax_inplace(logit, best, K)
+            _softmax_inplace(S, ol, best, K)
             for j in range(d):
                 out[row, j] = 0.0
             for k in range(K):
-                p = logit[k]
+                p = S[ol + k]
                 if p != 0.0:
                     for j in range(d):
-                        out[row, j] += p * mu[k, j]
+                        out[row, j] += p * MK[k, j]
             for j in range(d):
-                a = Yb[j]
-                out[row, j] = a * y[j] - (1.0 + one_m * a) * out[row, j]
+                a = S[j]
+                out[row, j] = a * S[oy + j] - (1.0 + one_m * a) * out[row, j]
             return
         # General layouts. First a cheap upper bound on every logit: |Y_k| = |y - (1-tau) mu_k|
         # (a rotation) and c_kj <= c at the largest eigenvalue. The component with the
         # highest bound is computed exactly first; any other whose bound lies below the
         # best exact logit - _SKIP_LOGIT is dropped before its rotation is computed (far
         # from the data most components are).
-        # scratch: upper bounds in logit[K:2K], log w_k - logdet_k / 2 in logit[2K:3K]
+        # scratch: upper bounds in S[ol + K:2K], log w_k - logdet_k / 2 in S[ol + 2K:3K]
         # (offsets, not slices: a slice costs reference counting in the hot loop)
-        q0 = K * d  # scratch row at the end of Yb
+        q0 = K * d  # the spare row after the Y_k rows
         # Loops over k innermost: K independent sums in flight instead of one chain of
         # dependent adds (each sum still runs over i, j in order: the same bits).
         for k in range(K):
-            logit[K + k] = 0.0  # |Y_k|^2
-            logit[2 * K + k] = 1.0 if logdet_mode == _LOGDET_PRODUCT else 0.0
-        # (mlT[0] = mu^T and mlT[1] = lam^T, (d, K): the loops over k run along rows)
+            S[ol + K + k] = 0.0  # |Y_k|^2
+            S[ol + 2 * K + k] = 1.0 if logdet_mode == _LOGDET_PRODUCT else 0.0
+        # (KT[i] = mu^T and KT[d + j] = lam^T rows: the loops over k run along rows)
         for i in range(d):
-            yi = y[i]
+            yi = S[oy + i]
             for k in range(K):
-                e = yi - one_m * mlT[0, i, k]
-                logit[K + k] += e * e
+                e = yi - one_m * KT[i, k]
+                S[ol + K + k] += e * e
         if logdet_mode == _LOGDET_PRODUCT:  # one log of a product that stays in range
             for j in range(d):
                 for k in range(K):
-                    logit[2 * K + k] *= one_m2 * mlT[1, j, k] + tau2
+                    S[ol + 2 * K + k] *= one_m2 * KT[d + j, k] + tau2
             for k in range(K):
-                logit[2 * K + k] = math.log(logit[2 * K + k])
+                S[ol + 2 * K + k] = math.log(S[ol + 2 * K + k])
         elif logdet_mode == _LOGDET_SUM:
             for j in range(d):
                 for k in range(K):
-                    logit[2 * K + k] += math.log(one_m2 * mlT[1, j, k] + tau2)
+                    S[ol + 2 * K + k] += math.log(one_m2 * KT[d + j, k] + tau2)
         first = 0
         for k in range(K):
-            logit[2 * K + k] = log_w[k] - 0.5 * logit[2 * K + k]
-            logit[K + k] = logit[2 * K + k] - 0.5 * logit[K + k] / (one_m2 * lam_max[k] + tau2)
-            if logit[K + k] > logit[K + first]:
+            S[ol + 2 * K + k] = KT[2 * d, k] - 0.5 * S[ol + 2 * K + k]
+            S[ol + K + k] = S[ol + 2 * K + k] - 0.5 * S[ol + K + k] / (one_m2 * KT[2 * d + 1, k] + tau2)
+            if S[ol + K + k] > S[ol + K + first]:
                 first = k
         for step in range(K):
             k = first if step == 0 else (step - 1 if step <= first else step)
-            if step > 0 and logit[K + k] < best - _SKIP_LOGIT:
-                logit[k] = -np.inf
+            if step > 0 and S[ol + K + k] < best - _SKIP_LOGIT:
+                S[ol + k] = -np.inf
                 continue
             o = k * d
             if layout == _DIAG:
                 for j in range(d):
-                    Yb[o + j] = y[j] - one_m * mu[k, j]
+                    S[o + j] = S[oy + j] - one_m * MK[k, j]
             else:
                 # Y = Q_k^T y - (1 - tau) Q_k^T mu_k. Sixteen (then four) outputs at a time in local
                 # accumulators: each Y_j still sums i = 0..d-1 in order (the bits of a dot
@@ -280,40 +298,40 @@ if numba is not None:
                     a14 = 0.0
                     a15 = 0.0
                     for i in range(d):
-                        yi = y[i]
+                        yi = S[oy + i]
                         row_i = base + i
-                        a0 += Qrows[row_i, j] * yi
-                        a1 += Qrows[row_i, j + 1] * yi
-                        a2 += Qrows[row_i, j + 2] * yi
-                        a3 += Qrows[row_i, j + 3] * yi
-                        a4 += Qrows[row_i, j + 4] * yi
-                        a5 += Qrows[row_i, j + 5] * yi
-                        a6 += Qrows[row_i, j + 6] * yi
-                        a7 += Qrows[row_i, j + 7] * yi
-                        a8 += Qrows[row_i, j + 8] * yi
-                        a9 += Qrows[row_i, j + 9] * yi
-                        a10 += Qrows[row_i, j + 10] * yi
-                        a11 += Qrows[row_i, j + 11] * yi
-                        a12 += Qrows[row_i, j + 12] * yi
-                        a13 += Qrows[row_i, j + 13] * yi
-                        a14 += Qrows[row_i, j + 14] * yi
-                        a15 += Qrows[row_i, j + 15] * yi
-                    Yb[o + j] = a0 - one_m * muQ[k, j]
-                    Yb[o + j + 1] = a1 - one_m * muQ[k, j + 1]
-                    Yb[o + j + 2] = a2 - one_m * muQ[k, j + 2]
-                    Yb[o + j + 3] = a3 - one_m * muQ[k, j + 3]
-                    Yb[o + j + 4] = a4 - one_m * muQ[k, j + 4]
-                    Yb[o + j + 5] = a5 - one_m * muQ[k, j + 5]
-                    Yb[o + j + 6] = a6 - one_m * muQ[k, j + 6]
-                    Yb[o + j + 7] = a7 - one_m * muQ[k, j + 7]
-                    Yb[o + j + 8] = a8 - one_m * muQ[k, j + 8]
-                    Yb[o + j + 9] = a9 - one_m * muQ[k, j + 9]
-                    Yb[o + j + 10] = a10 - one_m * muQ[k, j + 10]
-                    Yb[o + j + 11] = a11 - one_m * muQ[k, j + 11]
-                    Yb[o + j + 12] = a12 - one_m * muQ[k, j + 12]
-                    Yb[o + j + 13] = a13 - one_m * muQ[k, j + 13]
-                    Yb[o + j + 14] = a14 - one_m * muQ[k, j + 14]
-                    Yb[o + j + 15] = a15 - one_m * muQ[k, j + 15]
+                        a0 += QQ[row_i, j] * yi
+                        a1 += QQ[row_i, j + 1] * yi
+                        a2 += QQ[row_i, j + 2] * yi
+                        a3 += QQ[row_i, j + 3] * yi
+                        a4 += QQ[row_i, j + 4] * yi
+                        a5 += QQ[row_i, j + 5] * yi
+                        a6 += QQ[row_i, j + 6] * yi
+                        a7 += QQ[row_i, j + 7] * yi
+                        a8 += QQ[row_i, j + 8] * yi
+                        a9 += QQ[row_i, j + 9] * yi
+                        a10 += QQ[row_i, j + 10] * yi
+                        a11 += QQ[row_i, j + 11] * yi
+                        a12 += QQ[row_i, j + 12] * yi
+                        a13 += QQ[row_i, j + 13] * yi
+                        a14 += QQ[row_i, j + 14] * yi
+                        a15 += QQ[row_i, j + 15] * yi
+                    S[o + j] = a0 - one_m * MK[2 * K + k, j]
+                    S[o + j + 1] = a1 - one_m * MK[2 * K + k, j + 1]
+                    S[o + j + 2] = a2 - one_m * MK[2 * K + k, j + 2]
+                    S[o + j + 3] = a3 - one_m * MK[2 * K + k, j + 3]
+                    S[o + j + 4] = a4 - one_m * MK[2 * K + k, j + 4]
+                    S[o + j + 5] = a5 - one_m * MK[2 * K + k, j + 5]
+                    S[o + j + 6] = a6 - one_m * MK[2 * K + k, j + 6]
+                    S[o + j + 7] = a7 - one_m * MK[2 * K + k, j + 7]
+                    S[o + j + 8] = a8 - one_m * MK[2 * K + k, j + 8]
+                    S[o + j + 9] = a9 - one_m * MK[2 * K + k, j + 9]
+                    S[o + j + 10] = a10 - one_m * MK[2 * K + k, j + 10]
+                    S[o + j + 11] = a11 - one_m * MK[2 * K + k, j + 11]
+                    S[o + j + 12] = a12 - one_m * MK[2 * K + k, j + 12]
+                    S[o + j + 13] = a13 - one_m * MK[2 * K + k, j + 13]
+                    S[o + j + 14] = a14 - one_m * MK[2 * K + k, j + 14]
+                    S[o + j + 15] = a15 - one_m * MK[2 * K + k, j + 15]
                     j += 16
                 while j + 4 <= d:
                     a0 = 0.0
@@ -321,47 +339,47 @@ if numba is not None:
                     a2 = 0.0
                     a3 = 0.0
                     for i in range(d):
-                        yi = y[i]
+                        yi = S[oy + i]
                         row_i = base + i
-                        a0 += Qrows[row_i, j] * yi
-                        a1 += Qrows[row_i, j + 1] * yi
-                        a2 += Qrows[row_i, j + 2] * yi
-                        a3 += Qrows[row_i, j + 3] * yi
-                    Yb[o + j] = a0 - one_m * muQ[k, j]
-                    Yb[o + j + 1] = a1 - one_m * muQ[k, j + 1]
-                    Yb[o + j + 2] = a2 - one_m * muQ[k, j + 2]
-                    Yb[o + j + 3] = a3 - one_m * muQ[k, j + 3]
+                        a0 += QQ[row_i, j] * yi
+                        a1 += QQ[row_i, j + 1] * yi
+                        a2 += QQ[row_i, j + 2] * yi
+                        a3 += QQ[row_i, j + 3] * yi
+                    S[o + j] = a0 - one_m * MK[2 * K + k, j]
+                    S[o + j + 1] = a1 - one_m * MK[2 * K + k, j + 1]
+                    S[o + j + 2] = a2 - one_m * MK[2 * K + k, j + 2]
+                    S[o + j + 3] = a3 - one_m * MK[2 * K + k, j + 3]
                     j += 4
                 while j < d:
                     a0 = 0.0
                     for i in range(d):
-                        a0 += Qrows[base + i, j] * y[i]
-                    Yb[o + j] = a0 - one_m * muQ[k, j]
+                        a0 += QQ[base + i, j] * S[oy + i]
+                    S[o + j] = a0 - one_m * MK[2 * K + k, j]
                     j += 1
             # element-wise (vectorises), then the quadratic form summed in order
             for j in range(d):
-                ic = 1.0 / (one_m2 * lam[k, j] + tau2)
-                cb[o + j] = (tau - one_m * lam[k, j]) * ic  # the coefficient a_kj
-                Yb[q0 + j] = Yb[o + j] * Yb[o + j] * ic
+                ic = 1.0 / (one_m2 * MK[K + k, j] + tau2)
+                S[oc + o + j] = (tau - one_m * MK[K + k, j]) * ic  # the coefficient a_kj
+                S[q0 + j] = S[o + j] * S[o + j] * ic
             quad = 0.0
             for j in range(d):
-                quad += Yb[q0 + j]
-            lk = logit[2 * K + k] - 0.5 * quad
-            logit[k] = lk
+                quad += S[q0 + j]
+            lk = S[ol + 2 * K + k] - 0.5 * quad
+            S[ol + k] = lk
             best = max(best, lk)
-        _softmax_inplace(logit, best, K)
+        _softmax_inplace(S, ol, best, K)
         for i in range(d):
             out[row, i] = 0.0
         for k in range(K):
-            p = logit[k]
+            p = S[ol + k]
             if p == 0.0:
                 continue
             o = k * d
             for j in range(d):
-                cb[o + j] *= p * Yb[o + j]  # pi_k a_kj Y_kj
+                S[oc + o + j] *= p * S[o + j]  # pi_k a_kj Y_kj
             if layout == _DIAG:
                 for i in range(d):
-                    out[row, i] += cb[o + i] - p * mu[k, i]
+                    out[row, i] += S[oc + o + i] - p * MK[k, i]
             else:  # Q_k (pi_k a_k Y_k), sixteen, then four outputs at a time (see above)
                 i = 0
                 while i + 16 <= d:
@@ -382,40 +400,40 @@ if numba is not None:
                     a14 = 0.0
                     a15 = 0.0
                     for j in range(d):
-                        cj = cb[o + j]
+                        cj = S[oc + o + j]
                         row_j = o + j
-                        a0 += QTcat[row_j, i] * cj
-                        a1 += QTcat[row_j, i + 1] * cj
-                        a2 += QTcat[row_j, i + 2] * cj
-                        a3 += QTcat[row_j, i + 3] * cj
-                        a4 += QTcat[row_j, i + 4] * cj
-                        a5 += QTcat[row_j, i + 5] * cj
-                        a6 += QTcat[row_j, i + 6] * cj
-                        a7 += QTcat[row_j, i + 7] * cj
-                        a8 += QTcat[row_j, i + 8] * cj
-                        a9 += QTcat[row_j, i + 9] * cj
-                        a10 += QTcat[row_j, i + 10] * cj
-                        a11 += QTcat[row_j, i + 11] * cj
-                        a12 += QTcat[row_j, i + 12] * cj
-                        a13 += QTcat[row_j, i + 13] * cj
-                        a14 += QTcat[row_j, i + 14] * cj
-                        a15 += QTcat[row_j, i + 15] * cj
-                    out[row, i] += a0 - p * mu[k, i]
-                    out[row, i + 1] += a1 - p * mu[k, i + 1]
-                    out[row, i + 2] += a2 - p * mu[k, i + 2]
-                    out[row, i + 3] += a3 - p * mu[k, i + 3]
-                    out[row, i + 4] += a4 - p * mu[k, i + 4]
-                    out[row, i + 5] += a5 - p * mu[k, i + 5]
-                    out[row, i + 6] += a6 - p * mu[k, i + 6]
-                    out[row, i + 7] += a7 - p * mu[k, i + 7]
-                    out[row, i + 8] += a8 - p * mu[k, i + 8]
-                    out[row, i + 9] += a9 - p * mu[k, i + 9]
-                    out[row, i + 10] += a10 - p * mu[k, i + 10]
-                    out[row, i + 11] += a11 - p * mu[k, i + 11]
-                    out[row, i + 12] += a12 - p * mu[k, i + 12]
-                    out[row, i + 13] += a13 - p * mu[k, i + 13]
-                    out[row, i + 14] += a14 - p * mu[k, i + 14]
-                    out[row, i + 15] += a15 - p * mu[k, i + 15]
+                        a0 += QQ[KD + row_j, i] * cj
+                        a1 += QQ[KD + row_j, i + 1] * cj
+                        a2 += QQ[KD + row_j, i + 2] * cj
+                        a3 += QQ[KD + row_j, i + 3] * cj
+                        a4 += QQ[KD + row_j, i + 4] * cj
+                        a5 += QQ[KD + row_j, i + 5] * cj
+                        a6 += QQ[KD + row_j, i + 6] * cj
+                        a7 += QQ[KD + row_j, i + 7] * cj
+                        a8 += QQ[KD + row_j, i + 8] * cj
+                        a9 += QQ[KD + row_j, i + 9] * cj
+                        a10 += QQ[KD + row_j, i + 10] * cj
+                        a11 += QQ[KD + row_j, i + 11] * cj
+                        a12 += QQ[KD + row_j, i + 12] * cj
+                        a13 += QQ[KD + row_j, i + 13] * cj
+                        a14 += QQ[KD + row_j, i + 14] * cj
+                        a15 += QQ[KD + row_j, i + 15] * cj
+                    out[row, i] += a0 - p * MK[k, i]
+                    out[row, i + 1] += a1 - p * MK[k, i + 1]
+                    out[row, i + 2] += a2 - p * MK[k, i + 2]
+                    out[row, i + 3] += a3 - p * MK[k, i + 3]
+                    out[row, i + 4] += a4 - p * MK[k, i + 4]
+                    out[row, i + 5] += a5 - p * MK[k, i + 5]
+                    out[row, i + 6] += a6 - p * MK[k, i + 6]
+                    out[row, i + 7] += a7 - p * MK[k, i + 7]
+                    out[row, i + 8] += a8 - p * MK[k, i + 8]
+                    out[row, i + 9] += a9 - p * MK[k, i + 9]
+                    out[row, i + 10] += a10 - p * MK[k, i + 10]
+                    out[row, i + 11] += a11 - p * MK[k, i + 11]
+                    out[row, i + 12] += a12 - p * MK[k, i + 12]
+                    out[row, i + 13] += a13 - p * MK[k, i + 13]
+                    out[row, i + 14] += a14 - p * MK[k, i + 14]
+                    out[row, i + 15] += a15 - p * MK[k, i + 15]
                     i += 16
                 while i + 4 <= d:
                     a0 = 0.0
@@ -423,34 +441,34 @@ if numba is not None:
                     a2 = 0.0
                     a3 = 0.0
                     for j in range(d):
-                        cj = cb[o + j]
+                        cj = S[oc + o + j]
                         row_j = o + j
-                        a0 += QTcat[row_j, i] * cj
-                        a1 += QTcat[row_j, i + 1] * cj
-                        a2 += QTcat[row_j, i + 2] * cj
-                        a3 += QTcat[row_j, i + 3] * cj
-                    out[row, i] += a0 - p * mu[k, i]
-                    out[row, i + 1] += a1 - p * mu[k, i + 1]
-                    out[row, i + 2] += a2 - p * mu[k, i + 2]
-                    out[row, i + 3] += a3 - p * mu[k, i + 3]
+                        a0 += QQ[KD + row_j, i] * cj
+                        a1 += QQ[KD + row_j, i + 1] * cj
+                        a2 += QQ[KD + row_j, i + 2] * cj
+                        a3 += QQ[KD + row_j, i + 3] * cj
+                    out[row, i] += a0 - p * MK[k, i]
+                    out[row, i + 1] += a1 - p * MK[k, i + 1]
+                    out[row, i + 2] += a2 - p * MK[k, i + 2]
+                    out[row, i + 3] += a3 - p * MK[k, i + 3]
                     i += 4
                 while i < d:
                     a0 = 0.0
                     for j in range(d):
-                        a0 += QTcat[o + j, i] * cb[o + j]
-                    out[row, i] += a0 - p * mu[k, i]
+                        a0 += QQ[KD + o + j, i] * S[oc + o + j]
+                    out[row, i] += a0 - p * MK[k, i]
                     i += 1
 
     @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-    def _rhs(s, z, x, r, t, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, ybuf, out, row, D):
-        """dz/ds = v(x - (t - r) z, t - s (t - r)) into ``out[row]``."""
+    def _rhs(s, z, x, r, t, KT, MK, QQ, layout, logdet_mode, S, oy, out, row, D):
+        """dz/ds = v(x - (t - r) z, t - s (t - r)) into ``out[row]`` (y goes to ``S[oy:oy + D]``)."""
         h = t - r
         for i in range(D):
-            ybuf[i] = x[i] - h * z[i]
-        _velocity(ybuf, t - s * h, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, out, row, D)
+            S[oy + i] = x[i] - h * z[i]
+        _velocity(t - s * h, KT, MK, QQ, layout, logdet_mode, S, out, row, D)
 
     @njit(cache=True, nogil=True, error_model="numpy")
-    def _solve_point(x, r, t, h_max, rtol, atol, max_steps, ctrl, args, tab, Yb, cb, logit, ybuf, k_stages, ynew, ytmp, out, D):
+    def _solve_point(x, r, t, h_max, rtol, atol, max_steps, ctrl, args, tab, S, ybuf, k_stages, ynew, ytmp, out, D):
         """Integrate z from s = 0 to 1 for one point; z(1) into ``out``.
 
         ``k_stages`` (14, d): the 13 stages, and a last row for the initial-step probe.
@@ -459,15 +477,16 @@ if numba is not None:
         A, B, C, E3, E5 = tab
         beta, safety, fac_min, fac_max = ctrl
         # unpacked once per point: unpacking arrays from a tuple costs reference counting
-        log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode = args
+        KT, MK, QQ, layout, logdet_mode = args
         d = D
+        oy = _scratch_offsets(MK.shape[0] // 3, d)[2]
         n_stages = B.shape[0]
         y = out
         for i in range(d):
             y[i] = 0.0
         s = 0.0
         F1 = n_stages + 1  # row of the initial-step probe
-        _rhs(s, y, x, r, t, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, ybuf, k_stages, 0, D)
+        _rhs(s, y, x, r, t, KT, MK, QQ, layout, logdet_mode, S, oy, k_stages, 0, D)
         evals = 1
         # initial step (Hairer et al. §II.4), as solver._initial_step
         d0 = 0.0
@@ -485,7 +504,7 @@ if numba is not None:
         h0 = min(h0, 1.0)
         for i in range(d):
             ytmp[i] = y[i] + h0 * k_stages[0, i]
-        _rhs(s + h0, ytmp, x, r, t, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, ybuf, k_stages, F1, D)
+        _rhs(s + h0, ytmp, x, r, t, KT, MK, QQ, layout, logdet_mode, S, oy, k_stages, F1, D)
         evals += 1
         d2 = 0.0
         for i in range(d):
@@ -525,7 +544,7 @@ if numba is not None:
                             ytmp[i] += a * k_stages[j, i]
                     for i in range(d):
                         ytmp[i] = y[i] + h * ytmp[i]
-                _rhs(s + C[st] * h, ytmp, x, r, t, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, ybuf, k_stages, st, D)
+                _rhs(s + C[st] * h, ytmp, x, r, t, KT, MK, QQ, layout, logdet_mode, S, oy, k_stages, st, D)
             for i in range(d):
                 ynew[i] = 0.0
             for j in range(n_stages):
@@ -536,9 +555,9 @@ if numba is not None:
                 ynew[i] = y[i] + h * ynew[i]
             last = h >= 1.0 - s
             s_new = 1.0 if last else s + h
-            _rhs(s_new, ynew, x, r, t, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, ybuf, k_stages, n_stages, D)
+            _rhs(s_new, ynew, x, r, t, KT, MK, QQ, layout, logdet_mode, S, oy, k_stages, n_stages, D)
             evals += n_stages
-            # error estimates: the combinations as above (ytmp and ybuf are free here)
+            # error estimates: the combinations as above (ytmp and ybuf hold them)
             for i in range(d):
                 ytmp[i] = 0.0
                 ybuf[i] = 0.0
@@ -589,22 +608,20 @@ if numba is not None:
     def _solve_all(x, r, t, h_max, rtol, atol, max_steps, ctrl, args, tab, out, info, D):
         n = x.shape[0]
         d = D
-        K = args[1].shape[0]
+        K = args[1].shape[0] // 3
         n_stages = tab[1].shape[0]
         n_blocks = (n + _BLOCK - 1) // _BLOCK
         # Block b takes points b, b + n_blocks, ...: every block a fair sample, so the
         # static split of blocks over threads stays balanced however costs are ordered.
         for b in prange(n_blocks):  # scratch allocated once per block
-            Yb = np.empty((K + 1) * d)
-            cb = np.empty(K * d)
-            logit = np.empty(3 * K)
+            S = np.empty((2 * K + 2) * d + 3 * K)
             ybuf = np.empty(d)
             k_stages = np.empty((n_stages + 2, d))
             ynew = np.empty(d)
             ytmp = np.empty(d)
             for p in range(b, n, n_blocks):
                 status, acc, rej, ev = _solve_point(
-                    x[p], r[p], t[p], h_max[p], rtol, atol, max_steps, ctrl, args, tab, Yb, cb, logit, ybuf, k_stages,
+                    x[p], r[p], t[p], h_max[p], rtol, atol, max_steps, ctrl, args, tab, S, ybuf, k_stages,
                     ynew, ytmp, out[p], D,
                 )
                 info[p, 0] = status
@@ -621,12 +638,15 @@ if numba is not None:
 
     @njit(cache=True)
     def _velocity_many(y, tau, args, out):
-        log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode = args
+        KT, MK, QQ, layout, logdet_mode = args
         n, d = y.shape
-        K = mu.shape[0]
-        Yb, cb, logit = np.empty((K + 1) * d), np.empty(K * d), np.empty(3 * K)
+        K = MK.shape[0] // 3
+        S = np.empty((2 * K + 2) * d + 3 * K)
+        oy = _scratch_offsets(K, d)[2]
         for p in range(n):
-            _velocity(y[p], tau, log_w, mu, lam, lam_max, Qrows, QTcat, muQ, mlT, layout, logdet_mode, Yb, cb, logit, out, p, d)
+            for i in range(d):
+                S[oy + i] = y[p, i]
+            _velocity(tau, KT, MK, QQ, layout, logdet_mode, S, out, p, d)
 
 
 def velocity(gm, y: torch.Tensor, tau: float) -> torch.Tensor:
@@ -667,8 +687,12 @@ def _mixture_arrays(gm):
             low = np.log(lam / (1 + lam)).sum(axis=1).min()
         high = np.log(np.maximum(lam, 1.0)).sum(axis=1).max()
         logdet_mode = _LOGDET_PRODUCT if (low > -600 and high < 600) else _LOGDET_SUM
-    mlT = np.ascontiguousarray(np.stack([mu.T, lam.T]))  # (2, d, K)
-    args = (np.log(gm.weights.numpy()), mu, lam, np.ascontiguousarray(lam.max(axis=1)), q_rows, q_cols, muQ, mlT, layout, logdet_mode)
+    # packed in three arrays (see _velocity): KT (2d + 2, K) = [mu^T; lam^T; log w; max lam],
+    # MK (3K, d) = [mu; lam; Q_k^T mu_k], QQ (2Kd, d) = [Q rows; Q^T rows]
+    KT = np.ascontiguousarray(np.concatenate([mu.T, lam.T, np.log(gm.weights.numpy())[None], lam.max(axis=1)[None]]))
+    MK = np.ascontiguousarray(np.concatenate([mu, lam, muQ]))
+    QQ = np.ascontiguousarray(np.concatenate([q_rows, q_cols]))
+    args = (KT, MK, QQ, layout, logdet_mode)
     gm._kernel_args = args
     return args
 
