@@ -19,8 +19,8 @@ components with ``logit_k < max - 50`` (weight below 2e-22 relative, far below t
 upper bound on the logit (from the largest eigenvalue) drops most of them before
 their rotation is computed.
 
-Measured (``benchmarks/truth_bench.py``, 2 threads): about 41k points/s on ring8 and
-7k on random16d at the default tolerance.
+Measured (``benchmarks/truth_bench.py``, 2 threads): about 54k points/s on ring8 and
+7.5k on random16d at the default tolerance.
 
 Only values (no tangents) on CPU; ``ode.py`` falls back to the torch solver for
 tangents, other devices, product mixtures, or when numba is not installed.
@@ -81,6 +81,7 @@ _BLOCK = 32  # points per parallel work item
 _SMALL_D = 4  # up to this d the solver's stage sums run one coordinate at a time (in registers)
 SLP = True  # compile with LLVM's SLP vectoriser (see _slp_vectorization); a test compares both builds
 _SKIP_LOGIT = 50.0  # components with logit < max - 50 carry weight < 2e-22: left out
+_BOUND_MARGIN = 10.0  # logit bounds are skipped after an evaluation whose logits all lay above max - 40
 
 # step control (beta, safety, min factor, max factor), as solver.solve
 CONTROL = (solver.PI_BETA, solver._SAFETY, solver._MIN_FACTOR, solver._MAX_FACTOR)
@@ -115,9 +116,10 @@ if numba is not None:
 
     @njit(cache=True, nogil=True, inline="always")
     def _scratch_offsets(K, d):
-        """Offsets in the scratch ``S`` ((2K + 2) d + 3K,) of one thread: Y_k rows (and a
+        """Offsets in the scratch ``S`` ((2K + 2) d + 3K + 1,) of one thread: Y_k rows (and a
         spare row) at 0, the coefficients at ``oc``, the logits and their bounds (3K) at
-        ``ol``, the point y at ``oy``."""
+        ``ol``, the point y at ``oy``, and at ``oy + d`` the flag for logit bounds (set it
+        to 1 for a new point)."""
         oc = (K + 1) * d
         ol = oc + K * d
         return oc, ol, ol + 3 * K
@@ -233,21 +235,26 @@ if numba is not None:
         # (a rotation) and c_kj <= c at the largest eigenvalue. The component with the
         # highest bound is computed exactly first; any other whose bound lies below the
         # best exact logit - _SKIP_LOGIT is dropped before its rotation is computed (far
-        # from the data most components are).
+        # from the data most components are). The bounds are computed only while they can
+        # drop a component (flag S[oy + d], see the end of the loop over components).
+        # Whether a component is dropped never changes the result: a dropped one would
+        # get weight 0 in the softmax anyway (its logit <= its bound < best - _SKIP_LOGIT).
         # scratch: upper bounds in S[ol + K:2K], log w_k - logdet_k / 2 in S[ol + 2K:3K]
         # (offsets, not slices: a slice costs reference counting in the hot loop)
         q0 = K * d  # the spare row after the Y_k rows
+        use_bounds = S[oy + d] != 0.0
         # Loops over k innermost: K independent sums in flight instead of one chain of
         # dependent adds (each sum still runs over i, j in order: the same bits).
         for k in range(K):
             S[ol + K + k] = 0.0  # |Y_k|^2
             S[ol + 2 * K + k] = 1.0 if logdet_mode == _LOGDET_PRODUCT else 0.0
         # (KT[i] = mu^T and KT[d + j] = lam^T rows: the loops over k run along rows)
-        for i in range(d):
-            yi = S[oy + i]
-            for k in range(K):
-                e = yi - one_m * KT[i, k]
-                S[ol + K + k] += e * e
+        if use_bounds:
+            for i in range(d):
+                yi = S[oy + i]
+                for k in range(K):
+                    e = yi - one_m * KT[i, k]
+                    S[ol + K + k] += e * e
         if logdet_mode == _LOGDET_PRODUCT:  # one log of a product that stays in range
             for j in range(d):
                 for k in range(K):
@@ -261,12 +268,13 @@ if numba is not None:
         first = 0
         for k in range(K):
             S[ol + 2 * K + k] = KT[2 * d, k] - 0.5 * S[ol + 2 * K + k]
-            S[ol + K + k] = S[ol + 2 * K + k] - 0.5 * S[ol + K + k] / (one_m2 * KT[2 * d + 1, k] + tau2)
-            if S[ol + K + k] > S[ol + K + first]:
-                first = k
+            if use_bounds:
+                S[ol + K + k] = S[ol + 2 * K + k] - 0.5 * S[ol + K + k] / (one_m2 * KT[2 * d + 1, k] + tau2)
+                if S[ol + K + k] > S[ol + K + first]:
+                    first = k
         for step in range(K):
             k = first if step == 0 else (step - 1 if step <= first else step)
-            if step > 0 and S[ol + K + k] < best - _SKIP_LOGIT:
+            if use_bounds and step > 0 and S[ol + K + k] < best - _SKIP_LOGIT:
                 S[ol + k] = -np.inf
                 continue
             o = k * d
@@ -367,6 +375,12 @@ if numba is not None:
             lk = S[ol + 2 * K + k] - 0.5 * quad
             S[ol + k] = lk
             best = max(best, lk)
+        # bounds for the next evaluation (the same point, nearby y and tau) only if one of
+        # the logits here lies within _BOUND_MARGIN of the cut (or below it, or was dropped)
+        low = best
+        for k in range(K):
+            low = min(low, S[ol + k])
+        S[oy + d] = 1.0 if low < best - (_SKIP_LOGIT - _BOUND_MARGIN) else 0.0
         _softmax_inplace(S, ol, best, K)
         for i in range(d):
             out[row, i] = 0.0
@@ -480,6 +494,7 @@ if numba is not None:
         KT, MK, QQ, layout, logdet_mode = args
         d = D
         oy = _scratch_offsets(MK.shape[0] // 3, d)[2]
+        S[oy + d] = 1.0  # a new point: logit bounds on
         n_stages = B.shape[0]
         y = out
         for i in range(d):
@@ -614,7 +629,7 @@ if numba is not None:
         # Block b takes points b, b + n_blocks, ...: every block a fair sample, so the
         # static split of blocks over threads stays balanced however costs are ordered.
         for b in prange(n_blocks):  # scratch allocated once per block
-            S = np.empty((2 * K + 2) * d + 3 * K)
+            S = np.empty((2 * K + 2) * d + 3 * K + 1)
             ybuf = np.empty(d)
             k_stages = np.empty((n_stages + 2, d))
             ynew = np.empty(d)
@@ -641,11 +656,12 @@ if numba is not None:
         KT, MK, QQ, layout, logdet_mode = args
         n, d = y.shape
         K = MK.shape[0] // 3
-        S = np.empty((2 * K + 2) * d + 3 * K)
+        S = np.empty((2 * K + 2) * d + 3 * K + 1)
         oy = _scratch_offsets(K, d)[2]
         for p in range(n):
             for i in range(d):
                 S[oy + i] = y[p, i]
+            S[oy + d] = 1.0
             _velocity(tau, KT, MK, QQ, layout, logdet_mode, S, out, p, d)
 
 
