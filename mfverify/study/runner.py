@@ -241,10 +241,14 @@ def run_study(
                 raise StudyInterrupted(f"stopped after {done} runs")
     else:
         # CUDA cannot be used in a child forked after the parent touched it (env.json
-        # asks for the device name), so GPU studies start their workers with spawn;
-        # CPU studies fork (cheap, and nothing to re-import).
+        # asks for the device name), so GPU studies start their workers with spawn. So
+        # do CPU studies in a process that has initialised CUDA: autograd then runs
+        # device threads, and a forked child cannot run backward (seen on an H200 when
+        # a CPU study followed GPU training in one process). Otherwise CPU studies fork
+        # (cheap, and nothing to re-import); both give the same results.
         if start_method is None:
-            start_method = "spawn" if resolve_device(study.train.device).type == "cuda" else "fork"
+            gpu = resolve_device(study.train.device).type == "cuda" or torch.cuda.is_initialized()
+            start_method = "spawn" if gpu else "fork"
         context = multiprocessing.get_context(start_method)
         with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init, mp_context=context) as pool:
             futures = [pool.submit(_job, (study, out, *run)) for run in todo]
