@@ -243,6 +243,24 @@ def test_mf_full_at_the_exact_u_has_the_flow_matching_irreducible_variance(case)
     assert torch.allclose(expected, variance, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", ["gauss2d_aniso", "bimodal1d", "ring8"])
+@pytest.mark.parametrize("name", ["mf", "mf_nosg"])
+def test_mf_at_the_exact_u_has_the_amplified_variance(case, name):
+    # mf's target v_c - (t-r)(J_x u v_c + d_t u) carries the noise (I - (t-r) J_x u) v_c:
+    # at u* its population loss is tr[M Cov(v_c | x) M^T], M = I - (t-r) J_x u (MATH.md §4,
+    # the second term of mf_nosg's loss), not mf_full's tr Cov
+    m = get_case(case)
+    x, r, t = _points(m, 16)
+    expected = identities.expected_loss(name, m, x, r, t)
+    _, cov = truth.conditional_moments(m, x, t)
+    M = torch.eye(m.d) - (t - r)[:, None, None] * truth.average_velocity_jacobian(m, x, r, t)
+    amplified = torch.einsum("nab,nbc,nac->n", M, cov, M)
+    # sigma points are exact for a loss quadratic in v_c: round-off of the solver's
+    # derivatives (rtol 1e-12) and of the sums, well inside 1e-9
+    assert torch.allclose(expected, amplified, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(expected, cov.diagonal(dim1=1, dim2=2).sum(-1), rtol=1e-3)  # differs from mf_full's
+
+
 # ---------------------------------------------------------------- bad input
 
 
