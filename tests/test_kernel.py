@@ -128,7 +128,7 @@ def test_results_do_not_depend_on_the_number_of_threads():
 
 
 @pytest.mark.parametrize("slp", [True, False])
-def test_a_fresh_compile_gives_the_same_bits_as_this_process(slp):
+def test_a_fresh_compile_gives_the_same_bits_as_this_process(slp, tmp_path):
     """No fast-math: a kernel compiled from scratch (numba's cache off) and the one this
     process uses (possibly loaded from the cache) return identical bits; so does a build
     without the SLP vectoriser (vector lanes do the scalar code's operations in its order)."""
@@ -147,8 +147,11 @@ def test_a_fresh_compile_gives_the_same_bits_as_this_process(slp):
         "x = torch.randn(64, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)\n"
         "print(hashlib.md5(truth.flow_map(m, x, 1.0, 0.0).numpy().tobytes()).hexdigest())\n"
     )
-    env = dict(os.environ, NUMBA_DISABLE_CACHE="1")
+    # an empty cache directory forces the compile (numba has no switch to turn its cache
+    # off, and its cache key ignores the SLP setting)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     fresh = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert any(tmp_path.rglob("*.nbi")), "the child did not compile into its own cache"
     m = get_case("random16d")
     x = torch.randn(64, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     here = truth.flow_map(m, x, 1.0, 0.0)
