@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["GaussianMixture", "ProductMixture", "get_case", "list_cases"]
+__all__ = ["GaussianMixture", "ProductMixture", "get_case", "list_cases", "cases"]
 
 # Round-off allowances for validating user parameters: a covariance built in
 # float64 from exact symmetric formulas is symmetric to ~1e-16 relative, and
@@ -313,30 +313,53 @@ class _Case:
     description: str
 
 
-_CASES: dict[str, _Case] = {
-    "gauss1d": _Case(_gauss1d, "one Gaussian in 1-D, N(1, 0.5^2)"),
-    "bimodal1d": _Case(_bimodal1d, "1-D two components, unequal weights (0.3/0.7) and widths (0.2/0.5)"),
-    "gauss2d_aniso": _Case(_gauss2d_aniso, "one 2-D Gaussian with a correlated full covariance"),
-    "ring8": _Case(_ring8, "8 components on a circle of radius 2, std 0.1"),
-    "narrow2d": _Case(_narrow2d, "4 components at (+-1, +-1) of std 1e-3"),
-    "dirac2d": _Case(_dirac2d, "a finite data set of 6 points in 2-D (covariances 0)"),
-    "product8d": _Case(_product8d, "product of 8 independent 1-D bimodal mixtures (exact by quantiles)"),
-    "random16d": _Case(_random16d, "K=8 random full covariances in 16-D, fixed seed"),
-}
+def _as_case(obj, name: str, description: str | None = None) -> _Case:
+    """A case is a mixture or a function of no arguments that builds one."""
+    if isinstance(obj, _Case):
+        return obj
+    if isinstance(obj, (GaussianMixture, ProductMixture)):
+        mixture = obj
+        return _Case(lambda: mixture, description or mixture.description)
+    if not callable(obj):
+        raise TypeError(f"a case is a GaussianMixture, a ProductMixture or a function building one, got {type(obj).__name__}")
+    doc = (obj.__doc__ or "").strip().splitlines()
+    return _Case(obj, description or (doc[0] if doc else ""))
+
+
+def _registry():
+    from mfverify.registry import Registry  # stands alone: imports nothing else of ours
+
+    return Registry("case", "mfverify.cases", wrap=_as_case)
+
+
+cases = _registry()
+"""Named cases: ``@cases.register("name", description="...")`` on a function building a
+mixture (or on a mixture), a ``"package.module:attr"`` string, or an entry point in
+the group ``mfverify.cases``."""
+
+for _name, _build, _description in [
+    ("gauss1d", _gauss1d, "one Gaussian in 1-D, N(1, 0.5^2)"),
+    ("bimodal1d", _bimodal1d, "1-D two components, unequal weights (0.3/0.7) and widths (0.2/0.5)"),
+    ("gauss2d_aniso", _gauss2d_aniso, "one 2-D Gaussian with a correlated full covariance"),
+    ("ring8", _ring8, "8 components on a circle of radius 2, std 0.1"),
+    ("narrow2d", _narrow2d, "4 components at (+-1, +-1) of std 1e-3"),
+    ("dirac2d", _dirac2d, "a finite data set of 6 points in 2-D (covariances 0)"),
+    ("product8d", _product8d, "product of 8 independent 1-D bimodal mixtures (exact by quantiles)"),
+    ("random16d", _random16d, "K=8 random full covariances in 16-D, fixed seed"),
+]:
+    cases.register(_name, _build, description=_description)
 
 
 def list_cases() -> dict[str, str]:
     """Names of the cases with a one-line description each."""
-    return {name: case.description for name, case in _CASES.items()}
+    return {name: cases.get(name).description for name in cases.names()}
 
 
 def get_case(name: str) -> GaussianMixture | ProductMixture:
-    """The named case, freshly built (cases are deterministic)."""
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
-    if name not in _CASES:
-        raise ValueError(f"unknown case {name!r}; known cases: {', '.join(_CASES)}")
-    case = _CASES[name]
+    """The named case (or ``"module:attr"``), freshly built (cases are deterministic)."""
+    case = cases.get(name)
     mixture = case.build()
+    if not isinstance(mixture, (GaussianMixture, ProductMixture)):
+        raise TypeError(f"case {name!r} must build a GaussianMixture or ProductMixture, got {type(mixture).__name__}")
     mixture.description = case.description
     return mixture

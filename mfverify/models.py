@@ -141,3 +141,63 @@ class MeanFlowMLP(nn.Module):
                         dh = torch.ops.aten.silu_backward(dh, h)
                 h = nn.functional.silu(h)
         return h, dh
+
+
+# ------------------------------------------------------------ the network registry
+
+from mfverify.registry import Registry  # noqa: E402
+
+networks = Registry("network", "mfverify.networks")
+"""Network builders ``build(d, **options) -> module`` with ``module(x, r, t) -> u`` (n, d).
+
+A module may offer ``jvp(x, r, t, dx, dr, dt, tangent_grad)`` (the ``"analytic"``
+back-end); without it the objectives use ``torch.func``. Register with
+``@networks.register("name")``, a ``"package.module:attr"`` string, or an entry
+point in the group ``mfverify.networks``.
+"""
+
+
+@networks.register("mlp")
+def mlp(
+    d: int,
+    width: int = 128,
+    depth: int = 3,
+    time_inputs: str = "t,t-r",
+    time_features: str = "sinusoidal",
+    n_freqs: int = 8,
+    max_freq: float = 64.0,
+    dtype: torch.dtype | None = None,
+) -> MeanFlowMLP:
+    """``MeanFlowMLP``: ``depth`` SiLU layers of ``width`` on ``x`` and features of ``(t, t - r)`` or ``(t, r)``."""
+    return MeanFlowMLP(d, width, depth, time_inputs, time_features, n_freqs, max_freq, dtype=dtype)
+
+
+def network_options(name: str) -> dict:
+    """The options of network ``name`` with their defaults (from its builder's signature)."""
+    import inspect
+
+    build = networks.get(name)
+    params = list(inspect.signature(build).parameters.values())[1:]
+    return {p.name: p.default for p in params if p.default is not p.empty and p.name != "dtype"}
+
+
+def build_network(name: str, d: int, options=None, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """``networks.get(name)(d, **options)``; unknown options are errors naming the known ones."""
+    options = dict(options or {})
+    known = network_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"network {name!r} got unexpected options {unknown}; its options: {', '.join(known) or 'none'}")
+    build = networks.get(name)
+    import inspect
+
+    if "dtype" in inspect.signature(build).parameters:
+        return build(d, **options, dtype=dtype)
+    # a builder without a dtype argument initialises in torch's default dtype: set it
+    # for the call, so that a seed gives the same initial draws whatever the caller's
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or previous)
+    try:
+        return build(d, **options)
+    finally:
+        torch.set_default_dtype(previous)

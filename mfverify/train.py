@@ -18,7 +18,8 @@ from tqdm import tqdm
 from mfverify import objectives
 from mfverify.cases import get_case
 from mfverify.io import save_torch
-from mfverify.models import MeanFlowMLP
+from mfverify.models import build_network, network_options
+from mfverify.times import KINDS as TIME_SAMPLERS
 from mfverify.times import sample_times
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -43,21 +44,31 @@ class TrainConfig:
     time_mean: float = -0.4
     time_std: float = 1.0
     frac_r_eq_t: float = 0.75
-    p: float = 0.0
+    p: float = 0.0  # adaptive weighting, for objectives that take it (Objective.weighting)
     c: float = 1e-3
-    width: int = 128
-    depth: int = 3
-    time_inputs: str = "t,t-r"
-    time_max_freq: float = 64.0
-    jvp: str = "auto"
+    jvp: str = "auto"  # JVP back-end, for objectives that take one
+    network: str = "mlp"  # a name in mfverify.models.networks or "module:attr"
+    network_options: tuple = ()  # ((key, value), ...) for the network's builder
+    objective_options: tuple = ()  # ((key, value), ...) for the objective
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
 
     def __post_init__(self):
+        for name in ("network_options", "objective_options"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                value = tuple(sorted(value.items()))
+            if not isinstance(value, tuple) or not all(isinstance(kv, tuple) and len(kv) == 2 for kv in value):
+                raise TypeError(f"{name} must be a dict or a tuple of (key, value) pairs, got {value!r}")
+            object.__setattr__(self, name, tuple(sorted(value)))
         get_case(self.case)  # raises for an unknown case
-        objectives.get(self.objective)  # raises for an unknown objective
-        for name in ("steps", "batch", "width", "depth"):
+        objective_options(self)  # raises for an unknown objective or options it does not take
+        known = network_options(self.network)  # raises for an unknown network
+        unknown = sorted(set(dict(self.network_options)) - set(known))
+        if unknown:
+            raise TypeError(f"network {self.network!r} got unexpected options {unknown}; its options: {', '.join(known)}")
+        for name in ("steps", "batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -65,6 +76,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.time_sampler not in TIME_SAMPLERS:
+            raise ValueError(f"time_sampler must be one of {TIME_SAMPLERS}, got {self.time_sampler!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if not 0 <= self.ema_decay < 1:
@@ -97,13 +110,28 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_model(cfg: TrainConfig, d: int) -> MeanFlowMLP:
+def objective_options(cfg: TrainConfig) -> dict:
+    """The options the run's objective is called with: ``cfg.objective_options``, and
+    ``p, c`` and ``jvp`` from the config where the objective takes them. A weighting or
+    a back-end asked of an objective that takes none is an error, not silently dropped."""
+    objective = objectives.get(cfg.objective)
+    options = dict(cfg.objective_options)
+    if objective.weighting:
+        options.setdefault("p", cfg.p)
+        options.setdefault("c", cfg.c)
+    elif cfg.p != 0:
+        raise ValueError(f"p = {cfg.p!r}: objective {cfg.objective!r} takes no adaptive weighting (set p = 0 for it)")
+    if "jvp" in objective.options:
+        options.setdefault("jvp", cfg.jvp)
+    elif cfg.jvp != "auto":
+        raise ValueError(f"jvp = {cfg.jvp!r}: objective {cfg.objective!r} takes no JVP back-end")
+    return objective.resolve_options(options)
+
+
+def build_model(cfg: TrainConfig, d: int) -> torch.nn.Module:
     # initialised in float32 whatever torch's default dtype is (the initial draws depend
     # on it), then cast to cfg.dtype by the caller: a seed gives the same model everywhere
-    return MeanFlowMLP(
-        d, width=cfg.width, depth=cfg.depth, time_inputs=cfg.time_inputs, max_freq=cfg.time_max_freq,
-        dtype=torch.float32,
-    )
+    return build_network(cfg.network, d, dict(cfg.network_options), dtype=torch.float32)
 
 
 _CHUNK = 100  # training steps whose batches are drawn (and, on a GPU, losses read) together
@@ -142,8 +170,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     schedule = None
     if cfg.lr_schedule == "cosine":
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
-    loss_fn = objectives.get(cfg.objective)
-    options = {} if cfg.objective == "scm" else {"p": cfg.p, "c": cfg.c}
+    objective = objectives.get(cfg.objective)
+    options = objective_options(cfg)
+    if objective.needs_truth:
+        options["mixture"] = mixture
     g = torch.Generator().manual_seed(cfg.seed)
     result = TrainResult(model=model, ema=ema)
     # on a GPU every host read of the loss waits for the queue to drain: the losses are
@@ -153,7 +183,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     start = time.perf_counter()
     bar = tqdm(total=cfg.steps, desc=f"{cfg.case}/{cfg.objective}/seed{cfg.seed}", disable=not progress, leave=False)
     for step, (x0, x1, r, t) in enumerate(_batches(cfg, mixture, g, device, dtype)):
-        loss = loss_fn(model, x0, x1, r, t, jvp=cfg.jvp, **options).mean()
+        loss = objective(model, x0, x1, r, t, **objective.options_at(step, cfg.steps, options)).mean()
         pending.append(loss.detach())
         if len(pending) == check_every or step == cfg.steps - 1:
             values = torch.stack(pending).tolist()

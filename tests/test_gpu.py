@@ -23,7 +23,7 @@ from .test_study import TINY
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-SMALL = dict(case="ring8", objective="mf", steps=250, batch=64, width=16, depth=2, p=1.0, c=0.03)
+SMALL = dict(case="ring8", objective="mf", steps=250, batch=64, network_options={"width": 16, "depth": 2}, p=1.0, c=0.03)
 
 
 def test_training_on_the_gpu_reads_every_loss_and_matches_the_cpu_run():

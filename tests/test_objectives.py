@@ -310,7 +310,11 @@ def test_bad_options_are_rejected(batch):
         objectives.get("mf")(model, x0, x1, r, t, jvp="finite_differences")
     with pytest.raises(ValueError, match="'analytic' needs a model with a jvp method"):
         objectives.get("mf")(lambda x, r, t: x * t[:, None], x0, x1, r, t, jvp="analytic")
-    with pytest.raises(ValueError, match="undefined for 'scm'"):
+    with pytest.raises(TypeError, match="'scm' takes no adaptive weighting"):
         objectives.get("scm")(model, x0, x1, r, t, p=1.0)
-    with pytest.raises(TypeError, match="unexpected options"):
+    with pytest.raises(TypeError, match=r"unexpected options \['tangent_warmup'\]; its options: p, c, jvp"):
         objectives.get("mf")(model, x0, x1, r, t, tangent_warmup=0.5)
+    with pytest.raises(ValueError, match="weighting needs finite p >= 0 and c > 0"):
+        objectives.get("mf")(model, x0, x1, r, t, p=-1.0)
+    with pytest.raises(TypeError, match="option 'tangent_norm_c' must be a float"):
+        objectives.get("scm")(model, x0, x1, r, t, tangent_norm_c="big")

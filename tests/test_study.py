@@ -22,9 +22,11 @@ seeds = 2
 [train]
 steps = 20
 batch = 64
+device = "cpu"
+
+[network_options.mlp]
 width = 16
 depth = 2
-device = "cpu"
 
 [eval]
 nfe = [1, 2]

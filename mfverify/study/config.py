@@ -6,10 +6,15 @@ A study file has three sections, each mapped onto a dataclass::
     [train]   -> TrainConfig (mfverify.train; case/objective/seed are set per run)
     [eval]    -> EvalConfig  (NFE list, noise samples, metric sizes)
 
-optional ``[overrides.OBJECTIVE]`` tables (``[train]`` keys for one objective
-only, e.g. its loss weighting), and optional ``[presets.NAME.study|train|eval]``
-tables that override keys of the same sections. An unknown section or key, or a value of the wrong type, is an
-error naming the key and the file.
+optional ``[objective_options.OBJECTIVE]`` tables (the options of one objective,
+e.g. ``[objective_options.scm] tangent_norm_c = 0.1``), ``[network_options.NETWORK]``
+tables (the options of the network named by ``[train] network``, e.g.
+``[network_options.mlp] width = 128``), ``[overrides.OBJECTIVE]`` tables (``[train]``
+keys for one objective only, e.g. its loss weighting; ``objective_options`` and
+``network_options`` there are tables merged over the study's), and optional
+``[presets.NAME.SECTION]`` tables that override keys of the same sections. An
+unknown section or key, or a value of the wrong type, is an error naming the key
+and the file; so is an option the objective or the network does not take.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ else:  # pragma: no cover
 
 BASELINES = ("exact_u", "exact_v_euler", "exact_v_heun", "fm_euler", "fm_heun")
 PER_RUN_FIELDS = ("case", "objective", "seed")  # set by the study for each run
+OPTION_FIELDS = ("network_options", "objective_options")  # from their own tables
 
 
 @dataclass(frozen=True)
@@ -80,10 +86,16 @@ class Study:
     eval: EvalConfig
     overrides: tuple = ()  # ((objective, ((key, value), ...)), ...): [overrides.OBJECTIVE]
     source: str = ""
+    objective_options: tuple = ()  # ((objective, ((key, value), ...)), ...): [objective_options.OBJECTIVE]
+    network_options: tuple = ()  # ((network, ((key, value), ...)), ...): [network_options.NETWORK]
 
     def run_config(self, case: str, objective: str, seed: int) -> TrainConfig:
         extra = dict(dict(self.overrides).get(objective, ()))
-        return replace(self.train, case=case, objective=objective, seed=seed, **extra)
+        network = extra.get("network", self.train.network)
+        net = {**dict(dict(self.network_options).get(network, ())), **dict(extra.pop("network_options", ()))}
+        obj = {**dict(dict(self.objective_options).get(objective, ())), **dict(extra.pop("objective_options", ()))}
+        return replace(self.train, case=case, objective=objective, seed=seed, **extra,
+                       network_options=tuple(sorted(net.items())), objective_options=tuple(sorted(obj.items())))
 
 
 SECTIONS = {"study": StudySpec, "train": TrainConfig, "eval": EvalConfig}
@@ -118,6 +130,9 @@ def _coerce(file, key, value, default):
         value = float(value) if ok else value
     elif isinstance(default, str):
         ok = isinstance(value, str)
+    elif key.rsplit(".", 1)[-1] in OPTION_FIELDS:
+        ok = isinstance(value, dict)
+        value = tuple(sorted(value.items())) if ok else value
     elif isinstance(default, tuple):
         ok = isinstance(value, list)
         value = tuple(value) if ok else value
@@ -136,9 +151,10 @@ def _section(file, name, table, base, label=None):
     if not isinstance(table, dict):
         raise ValueError(f"{file}: [{name}] must be a table")
     updates = {}
+    per_run = PER_RUN_FIELDS + (OPTION_FIELDS if label == "train" or label.endswith(".train") else ())
     for key, value in table.items():
-        if key not in known or (name == "train" and key in PER_RUN_FIELDS):
-            allowed = [k for k in known if not (name == "train" and k in PER_RUN_FIELDS)]
+        if key not in known or (name == "train" and key in per_run):
+            allowed = [k for k in known if not (name == "train" and k in per_run)]
             raise ValueError(f"{file}: unknown key '{label}.{key}'; known keys of [{name}]: {', '.join(allowed)}")
         updates[key] = _coerce(file, f"{label}.{key}", value, getattr(base, key))
     try:
@@ -159,29 +175,64 @@ def load_study(name_or_path, preset: str | None = None) -> Study:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: not valid TOML: {err}") from err
-    unknown = set(data) - set(SECTIONS) - {"presets", "overrides"}
+    unknown = set(data) - set(SECTIONS) - set(OPTION_FIELDS) - {"presets", "overrides"}
     if unknown:
-        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; known: study, train, eval, overrides, presets")
+        raise ValueError(
+            f"{path}: unknown section(s) {sorted(unknown)}; known: study, train, eval, objective_options, "
+            "network_options, overrides, presets"
+        )
     base = {"study": StudySpec(), "train": TrainConfig(), "eval": EvalConfig()}
     resolved = {n: _section(path, n, data.get(n, {}), base[n]) for n in SECTIONS}
+    options = {n: _option_tables(path, n, data.get(n, {}), {}) for n in OPTION_FIELDS}
     presets = data.get("presets", {})
     if preset is not None:
         if preset not in presets:
             raise ValueError(f"{path}: no preset {preset!r}; presets: {', '.join(presets) or 'none'}")
         table = presets[preset]
-        bad = set(table) - set(SECTIONS)
+        bad = set(table) - set(SECTIONS) - set(OPTION_FIELDS)
         if bad:
             raise ValueError(f"{path}: unknown section(s) {sorted(bad)} in [presets.{preset}]")
         for n in SECTIONS:
             if n in table:
                 resolved[n] = _section(path, n, table[n], resolved[n], label=f"presets.{preset}.{n}")
+        for n in OPTION_FIELDS:
+            if n in table:
+                options[n] = _option_tables(path, f"presets.{preset}.{n}", table[n], options[n])
     overrides = []
     for objective, table in data.get("overrides", {}).items():
         if objective not in resolved["study"].objectives:
             raise ValueError(f"{path}: [overrides.{objective}] names no objective of this study")
         checked = _section(path, "train", table, resolved["train"], label=f"overrides.{objective}")
         overrides.append((objective, tuple((k, getattr(checked, k)) for k in table)))
-    return Study(resolved["study"], resolved["train"], resolved["eval"], tuple(overrides), source=str(path))
+    for objective in options["objective_options"]:
+        if objective not in resolved["study"].objectives:
+            raise ValueError(f"{path}: [objective_options.{objective}] names no objective of this study")
+    study = Study(
+        resolved["study"], resolved["train"], resolved["eval"], tuple(overrides), source=str(path),
+        **{n: tuple((k, tuple(sorted(v.items()))) for k, v in options[n].items()) for n in OPTION_FIELDS},
+    )
+    check_runs(study, path)
+    return study
+
+
+def _option_tables(file, label, tables, base: dict) -> dict:
+    """``{name: {key: value}}`` from ``[label.NAME]`` tables, merged over ``base``."""
+    if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
+        raise ValueError(f"{file}: [{label}] must hold one table per name, e.g. [{label}.NAME]")
+    out = {k: dict(v) for k, v in base.items()}
+    for name, table in tables.items():
+        out.setdefault(name, {}).update(table)
+    return out
+
+
+def check_runs(study: Study, file="study") -> None:
+    """Every run's configuration is valid (objective and network options included): a
+    mistake is found when the study is loaded, before any file is written."""
+    for objective in study.study.objectives:
+        try:
+            study.run_config(study.study.cases[0], objective, 0)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{file}: the runs of objective {objective!r}: {err}") from err
 
 
 def _toml_value(value) -> str:
@@ -196,6 +247,10 @@ def _toml_value(value) -> str:
     raise TypeError(f"cannot write {value!r} to TOML")
 
 
+def _toml_table(items) -> str:
+    return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in items) + " }"
+
+
 def to_toml(study: Study, header: str = "") -> str:
     """The resolved configuration as TOML (``load_study`` reads it back)."""
     lines = [f"# {line}" for line in header.splitlines()] if header else []
@@ -203,14 +258,21 @@ def to_toml(study: Study, header: str = "") -> str:
         obj = getattr(study, name)
         lines.append(f"\n[{name}]")
         for f in fields(obj):
-            if name == "train" and f.name in PER_RUN_FIELDS:
+            if name == "train" and f.name in PER_RUN_FIELDS + OPTION_FIELDS:
                 continue
             lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+    for section in OPTION_FIELDS:
+        for owner, items in getattr(study, section):
+            lines.append(f"\n[{section}.{owner}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in items]
     for objective, items in study.overrides:
         lines.append(f"\n[overrides.{objective}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in items]
+        lines += [f"{k} = " + (_toml_table(v) if k in OPTION_FIELDS else _toml_value(v)) for k, v in items]
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def as_dict(study: Study) -> dict:
-    return {n: dataclasses.asdict(getattr(study, n)) for n in SECTIONS}
+    out = {n: dataclasses.asdict(getattr(study, n)) for n in SECTIONS}
+    for n in OPTION_FIELDS:
+        out[n] = {owner: dict(items) for owner, items in getattr(study, n)}
+    return out

@@ -22,6 +22,7 @@ import math
 import multiprocessing
 import os
 import platform
+import re
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -29,11 +30,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mfverify import truth
+from mfverify import objectives, truth
+from mfverify.cases import cases as case_registry
 from mfverify.cases import get_case
 from mfverify.io import save_torch, write_text
 from mfverify.metrics import field_error, sample_metrics
 from mfverify.sample import average_velocity_sampler, euler, heun, model_as_velocity, uniform_grid
+from mfverify.models import networks
+from mfverify.registry import import_modules
 from mfverify.study.config import Study, as_dict, to_toml
 from mfverify.train import DTYPES, resolve_device, save_checkpoint, train
 from mfverify.times import sample_times
@@ -116,8 +120,17 @@ def run_baselines(study: Study, out: Path, case: str) -> None:
 # ---------------------------------------------------------------- training
 
 
+def _slug(name: str) -> str:
+    """A name as one folder name ("pkg.mod:attr" -> "pkg.mod_attr")."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
 def run_dir(out: Path, case: str, objective: str, seed: int) -> Path:
-    return out / "runs" / case / objective / f"seed{seed}"
+    return out / "runs" / _slug(case) / _slug(objective) / f"seed{seed}"
+
+
+# the instantaneous-velocity baselines made from a trained model: (objective, sampler, steps per NFE)
+MODEL_BASELINES = {"fm_euler": ("fm", euler, 1), "fm_heun": ("fm", heun, 2)}
 
 
 def _as_u(model, device, dtype):
@@ -137,25 +150,23 @@ def evaluate(study: Study, out: Path, case: str, objective: str, seed: int, mode
     name = study.study.name
     u = _as_u(model, device, dtype)
     rows = []
-    # scm is trained at r = 0 only: its multi-step use would query u(x, r > 0, t), never trained
-    nfes = [1] if objective == "scm" else list(study.eval.nfe)
+    r0_only = objectives.get(objective).trained_at_r0
+    # trained at r = 0 only (scm): its multi-step use would query u(x, r > 0, t), never trained
+    nfes = [1] if r0_only else list(study.eval.nfe)
     for nfe in nfes:
         x, n = average_velocity_sampler(u, x1, uniform_grid(nfe))
         rows += _rows(name, case, objective, seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
-    if objective == "fm":
-        v = model_as_velocity(u)
-        for nfe in study.eval.nfe:
-            if "fm_euler" in study.study.baselines:
-                x, n = euler(v, x1, uniform_grid(nfe))
-                rows += _rows(name, case, "fm_euler", seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
-            if "fm_heun" in study.study.baselines and nfe % 2 == 0:
-                x, n = heun(v, x1, uniform_grid(nfe // 2))
-                rows += _rows(name, case, "fm_heun", seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
+    v = model_as_velocity(u)
+    for nfe in study.eval.nfe:
+        for baseline, (source, sampler, per_step) in MODEL_BASELINES.items():
+            if source == objective and baseline in study.study.baselines and nfe % per_step == 0:
+                x, n = sampler(v, x1, uniform_grid(nfe // per_step))
+                rows += _rows(name, case, baseline, seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
     # field error E|u_theta - u|^2 over x_t ~ p_t, (r, t) from the training time law
     g = torch.Generator().manual_seed(study.eval.noise_seed + 1000 + seed)
     k = study.eval.field_samples
     r, t = sample_times(k, "uniform", frac_r_eq_t=0.0, generator=g, dtype=torch.float64)
-    if objective == "scm":
+    if r0_only:
         r = torch.zeros_like(t)
     t = t.clamp_min(1e-3)
     x0 = mixture.sample(k, generator=g)
@@ -192,8 +203,16 @@ def run_one(study: Study, out: Path, case: str, objective: str, seed: int, progr
     return record
 
 
-def _worker_init():
+def _worker_init(modules=()):
     torch.set_num_threads(1)
+    # a spawned worker knows only what it imports: the modules that registered outside
+    # objectives, networks and cases in the parent register them here too
+    import_modules(modules)
+
+
+def registered_modules() -> list[str]:
+    """Modules outside mfverify whose import registered an objective, network or case."""
+    return sorted({m for reg in (objectives.registry, networks, case_registry) for m in reg.modules()})
 
 
 def _job(args):
@@ -250,7 +269,9 @@ def run_study(
             gpu = resolve_device(study.train.device).type == "cuda" or torch.cuda.is_initialized()
             start_method = "spawn" if gpu else "fork"
         context = multiprocessing.get_context(start_method)
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init, mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            max_workers=jobs, initializer=_worker_init, initargs=(registered_modules(),), mp_context=context
+        ) as pool:
             futures = [pool.submit(_job, (study, out, *run)) for run in todo]
             for f in as_completed(futures):
                 f.result()
