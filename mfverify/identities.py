@@ -79,11 +79,20 @@ class ExactModel:
 
     def __init__(self, mixture, **route):
         self.mixture, self.route = mixture, route
+        self._memo: list = []  # the last few solves: checks call u* at the same points per direction
 
     def __call__(self, x, r, t):
         xd, rd, td = x.detach(), r.detach(), t.detach()
-        derivatives = truth.average_velocity_derivatives(self.mixture, xd, rd, td, **self.route)
+        derivatives = self._derivatives(xd, rd, td)
         return _first_order(derivatives, x - xd, r - rd, t - td)
+
+    def _derivatives(self, x, r, t):
+        for key, value in self._memo:
+            if all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(key, (x, r, t))):
+                return value
+        value = truth.average_velocity_derivatives(self.mixture, x, r, t, **self.route)
+        self._memo = [((x, r, t), value)] + self._memo[:3]
+        return value
 
 
 def _first_order(derivatives, dx, dr, dt):
@@ -92,69 +101,155 @@ def _first_order(derivatives, dx, dr, dt):
     return u + torch.einsum("nab,nb->na", J.expand(dx.shape[0], -1, -1), dx) + du_dr * dr[:, None] + du_dt * dt[:, None]
 
 
-def _sigma_points(mean: torch.Tensor, cov: torch.Tensor):
-    """``2d`` points ``mean +- sqrt(d) L e_i`` (``cov = L L^T``), equal weights.
+def sigma_points(mean: torch.Tensor, cov: torch.Tensor, skew: float = 1.0, rotation: torch.Tensor | None = None):
+    """Points and weights ``(points (n, 2d, d), weights (2d,))`` with the given mean and covariance.
 
-    Their average of any polynomial of degree <= 3 equals its expectation under any
-    law with this mean and covariance: exact for losses quadratic in ``v_c``.
+    Along each column ``a_i = sqrt(d) L e_i`` of a square root ``cov = L L^T`` (``L``
+    from the eigendecomposition, times ``rotation`` if given): the pair
+    ``mean + skew a_i`` and ``mean - a_i / skew`` with weights ``1 / (d (1 + skew^2))``
+    and ``skew^2 / (d (1 + skew^2))``. Any such set has the exact mean and covariance,
+    so its weighted average of a polynomial of degree <= 2 in the point equals the
+    expectation under any law with these two moments. Nothing more: the posterior of
+    ``v_c`` given ``x_t`` is a skewed mixture, so degree 3 is not exact (``skew = 1``,
+    the symmetric set, matches third moments only when they vanish, as for one
+    Gaussian). Two sets (another ``skew``, another ``rotation``) that agree on a
+    function are the run-time check that it is of degree <= 2.
     """
     n, d = mean.shape
     e, V = torch.linalg.eigh(cov)
     L = V * e.clamp_min(0).sqrt()[:, None, :]  # (n, d, d), columns L e_i
+    if rotation is not None:
+        L = L @ rotation.to(L.dtype)
     offsets = (d**0.5) * L.transpose(1, 2)  # (n, d, d): row i is sqrt(d) L e_i
-    return torch.cat([mean[:, None] + offsets, mean[:, None] - offsets], dim=1)  # (n, 2d, d)
+    points = torch.cat([mean[:, None] + skew * offsets, mean[:, None] - offsets / skew], dim=1)
+    w_plus, w_minus = 1 / (d * (1 + skew**2)), skew**2 / (d * (1 + skew**2))
+    weights = torch.tensor([w_plus] * d + [w_minus] * d, dtype=mean.dtype)
+    return points, weights
 
 
-def _eps_derivative(objective, model, h, x, r, t, v_c, **options):
-    """Per row, ``d/d eps loss(u* + eps h)`` at eps = 0 for labels ``v_c`` (N, d) at ``x_t = x``."""
+def eps_derivative(objective, model, h, x, r, t, v_c, **options) -> torch.Tensor:
+    """Per row, ``d/d eps loss(u + eps h)`` at eps = 0 for labels ``v_c`` (N, d) at ``x_t = x``.
+
+    ``objective``: a name, an ``Objective`` or a per-sample loss; ``model`` the base
+    ``u`` (``ExactModel`` for ``u*``); ``h(x, r, t)`` the direction. The data pair is
+    rebuilt from ``(x, v_c)``: ``x0 = x - t v_c``, ``x1 = x + (1 - t) v_c``.
+    """
+    from mfverify import objectives
+
     col = lambda a: a[:, None]  # noqa: E731
     x0 = x - col(t) * v_c  # then x_t = (1-t) x0 + t x1 = x and x1 - x0 = v_c
     x1 = x + col(1 - t) * v_c
     eps = torch.zeros(x.shape[0], 1, dtype=x.dtype, requires_grad=True)
     perturbed = lambda a, b, c: model(a, b, c) + eps * h(a, b, c)  # noqa: E731
-    loss = objective(perturbed, x0, x1, r, t, **options)
-    (grad,) = torch.autograd.grad(loss.sum(), eps)
-    return grad[:, 0]
+    loss = objectives.get(objective)(perturbed, x0, x1, r, t, **options)
+    if not loss.requires_grad:
+        return torch.zeros(x.shape[0], dtype=x.dtype)  # the loss does not depend on the model
+    (grad,) = torch.autograd.grad(loss.sum(), eps, allow_unused=True)
+    return torch.zeros(x.shape[0], dtype=x.dtype) if grad is None else grad[:, 0]
 
 
-def population_gradient(name: str, mixture, h, x, r, t, **options) -> torch.Tensor:
+class NotQuadratic(ValueError):
+    """A loss declared quadratic in ``v_c`` whose sigma-point averages disagree."""
+
+
+# sigma-point sets of a quadratic function agree to the round-off of the exact model:
+# the ODE route's derivatives are accurate to ~1e-10 relative and rows rebuilt from
+# (x, v_c) differ by ~1e-16, so 1e-8 of the rms per-row derivative leaves a margin
+QUADRATIC_RTOL = 1e-8
+
+
+def population_gradient(
+    objective, mixture, h, x, r, t, verify: bool = True, exact_model: "ExactModel | None" = None, **options
+) -> torch.Tensor:
     """``d/d eps E[loss(u* + eps h) | x_t = x]`` at eps = 0, exactly, per point (n,).
 
-    ``loss`` is the objective ``name`` as implemented in ``mfverify.objectives``,
-    ``u*`` the exact average velocity (``ExactModel``), ``h(x, r, t)`` any smooth
-    direction. For the objectives (``p = 0``) the eps-derivative of the per-sample
-    loss is a polynomial of degree <= 2 in ``v_c``, so its conditional expectation
-    is the average over the sigma points of the closed-form conditional mean and
-    covariance of ``v_c`` (``truth.conditional_moments``): no Monte Carlo.
+    ``objective``: a name, ``"module:attr"``, ``Objective`` or per-sample loss; ``u*``
+    the exact average velocity (``ExactModel``); ``h(x, r, t)`` any smooth direction.
+    Exact when the eps-derivative of the loss is a polynomial of degree <= 2 in
+    ``v_c``: its conditional expectation is then the sigma-point average of the
+    closed-form conditional mean and covariance of ``v_c``
+    (``truth.conditional_moments``). The objective must declare that
+    (``Objective.quadratic_in_v_c``; use ``population_gradient_mc`` otherwise), and
+    with ``verify`` a second, skewed and rotated, sigma-point set must agree to
+    ``QUADRATIC_RTOL`` of the per-row derivatives' size: a false declaration raises
+    ``NotQuadratic`` instead of returning a wrong "exact" number. ``exact_model``:
+    an ``ExactModel`` to reuse (its solves are remembered across directions).
     """
+    return population_gradient_with_scale(objective, mixture, h, x, r, t, verify, exact_model, **options)[0]
+
+
+def population_gradient_with_scale(objective, mixture, h, x, r, t, verify=True, exact_model=None, **options):
+    """``(population_gradient (n,), rms of the per-sigma-point derivatives (n,))``: the second is
+    the size against which the first is zero (a loss scaled by 10 scales both)."""
     from mfverify import objectives
 
-    if options.get("p", 0) != 0:
-        raise ValueError("population_gradient is exact only for p = 0; use population_gradient_mc")
-    n, k, (x, r, t, v_c) = _sigma_batch(mixture, x, r, t)
-    grads = _eps_derivative(objectives.get(name), ExactModel(mixture), h, x, r, t, v_c, **options)
-    return grads.view(n, k).mean(1)
+    obj = objectives.get(objective)
+    if not obj.is_quadratic(options):
+        raise ValueError(
+            f"objective {obj.name!r} with options {options or {}} is not declared quadratic in v_c, so sigma "
+            "points are not exact for it: use population_gradient_mc"
+        )
+    model = exact_model or ExactModel(mixture)
+    grad, rows = _sigma_average(obj, model, h, x, r, t, options)
+    if verify:
+        d = torch.as_tensor(x).shape[-1]
+        rotation = _rotation(d, seed=0)
+        other, rows2 = _sigma_average(obj, model, h, x, r, t, options, skew=2.0, rotation=rotation)
+        scale = torch.maximum(rows, rows2).clamp_min(1e-300)
+        gap = ((grad - other).abs() / scale).max().item()
+        if gap > QUADRATIC_RTOL:
+            raise NotQuadratic(
+                f"objective {obj.name!r} is declared quadratic in v_c, but two sigma-point sets give population "
+                f"gradients that differ by {gap:.2e} of their size (> {QUADRATIC_RTOL:g}): its derivative is of "
+                "degree > 2 in v_c; declare quadratic_in_v_c=False (the Monte Carlo route)"
+            )
+    return grad, rows
 
 
-def _sigma_batch(mixture, x, r, t):
-    """Rows ``(x, r, t, v_c)`` with the ``k = 2d`` sigma points of ``v_c | x_t = x`` per point."""
+def _sigma_average(obj, model, h, x, r, t, options, skew=1.0, rotation=None):
+    """``(weighted mean (n,), scale (n,))`` of the eps-derivative over a sigma-point set.
+
+    The scale is the rms of the rows plus ``|h| (|E v_c| + sqrt(tr Cov v_c))``, the size
+    of the terms a derivative ``2 R . h`` cancels: without label noise (``shortcut`` at
+    ``r < t``) every row is itself ~0 at ``u*`` and the rms alone is round-off."""
+    n, k, (xs, rs, ts, v_c), w = sigma_batch(model.mixture, x, r, t, skew=skew, rotation=rotation)
+    rows = eps_derivative(obj, model, h, xs, rs, ts, v_c, **options).view(n, k)
+    v = v_c.view(n, k, -1)
+    mean = (v * w[None, :, None]).sum(1)
+    spread = ((v - mean[:, None]).square().sum(-1) * w).sum(1).sqrt()
+    x_, r_, t_ = xs.view(n, k, -1)[:, 0], rs.view(n, k)[:, 0], ts.view(n, k)[:, 0]
+    with torch.no_grad():
+        size = h(x_, r_, t_).norm(dim=1) * (mean.norm(dim=1) + spread)
+    return (rows * w).sum(1), (rows.square() * w).sum(1).sqrt() + size
+
+
+def _rotation(d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    return q
+
+
+def sigma_batch(mixture, x, r, t, skew: float = 1.0, rotation=None):
+    """``(n, k, (x, r, t, v_c), weights (k,))``: rows with the ``k = 2d`` sigma points of
+    ``v_c | x_t = x`` per point (``sigma_points``), each point's rows together."""
     x = torch.as_tensor(x, dtype=torch.float64)
     n, d = x.shape
     r, t = (torch.as_tensor(a, dtype=torch.float64).expand(n).clone() for a in (r, t))
     mean, cov = truth.conditional_moments(mixture, x, t)
-    v_c = _sigma_points(mean, cov).reshape(n * 2 * d, d)
+    points, weights = sigma_points(mean, cov, skew=skew, rotation=rotation)
+    v_c = points.reshape(n * 2 * d, d)
     rep = lambda a: a.repeat_interleave(2 * d, 0)  # noqa: E731
-    return n, 2 * d, (rep(x), rep(r), rep(t), v_c)
+    return n, 2 * d, (rep(x), rep(r), rep(t), v_c), weights
 
 
-def population_gradient_mc(name: str, mixture, h, x, r, t, n_samples=20_000, generator=None, **options):
-    """Monte Carlo version of ``population_gradient`` (any ``p``): ``(mean (n,), stderr (n,))``.
+def population_gradient_mc(objective, mixture, h, x, r, t, n_samples=20_000, generator=None, **options):
+    """Monte Carlo version of ``population_gradient`` (any loss, any ``p``): ``(mean (n,), stderr (n,))``.
 
     ``v_c`` is drawn exactly from its conditional law given ``x_t = x``
     (``montecarlo.sample_conditional_velocity``); the exact model is evaluated
-    once per point.
+    once per point (where the loss calls it at ``x_t`` itself or at points that
+    do not depend on the draw, as every objective of MATH.md does).
     """
-    from mfverify import objectives
     from mfverify.montecarlo import sample_conditional_velocity
 
     x = torch.as_tensor(x, dtype=torch.float64)
@@ -165,7 +260,7 @@ def population_gradient_mc(name: str, mixture, h, x, r, t, n_samples=20_000, gen
         vc = sample_conditional_velocity(mixture, x[i : i + 1], float(t[i]), n_samples, generator)[0]
         rep = lambda a: a[i : i + 1].expand(n_samples, *a.shape[1:]).clone()  # noqa: E731
         model = _Cached(ExactModel(mixture))
-        g = _eps_derivative(objectives.get(name), model, h, rep(x), rep(r), rep(t), vc, **options)
+        g = eps_derivative(objective, model, h, rep(x), rep(r), rep(t), vc, **options)
         means.append(g.mean())
         ses.append(g.std() / n_samples**0.5)
     return torch.stack(means), torch.stack(ses)
@@ -209,11 +304,12 @@ def nosg_extra_term_gradient(mixture, h, x, r, t) -> torch.Tensor:
     return 2 * (t - r) * torch.einsum("nab,nbc,nac->n", J_h, cov, A)
 
 
-def expected_loss(name: str, mixture, x, r, t, **options) -> torch.Tensor:
-    """``E[loss(u*) | x_t = x]`` (n,) by sigma points: exact for losses quadratic in ``v_c``."""
+def expected_loss(objective, mixture, x, r, t, **options) -> torch.Tensor:
+    """``E[loss(u*) | x_t = x]`` (n,) by sigma points: exact for losses of degree <= 2 in ``v_c``
+    (the built-in objectives at ``p = 0``; the caller vouches for that, it is not checked here)."""
     from mfverify import objectives
 
-    n, k, (x, r, t, v_c) = _sigma_batch(mixture, x, r, t)
+    n, k, (x, r, t, v_c), w = sigma_batch(mixture, x, r, t)
     x0, x1 = x - t[:, None] * v_c, x + (1 - t)[:, None] * v_c
-    loss = objectives.get(name)(ExactModel(mixture), x0, x1, r, t, **options)
-    return loss.detach().view(n, k).mean(1)
+    loss = objectives.get(objective)(ExactModel(mixture), x0, x1, r, t, **options)
+    return (loss.detach().view(n, k) * w).sum(1)

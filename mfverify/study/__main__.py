@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mfverify.study.config import list_studies, load_study
+from mfverify.study.config import list_studies, load_study, with_objectives
 
 
 def main(argv=None) -> int:
@@ -18,6 +18,9 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="default", help="quick | default | paper (default: default)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the study's device")
     parser.add_argument("--seeds", type=int, help="override the number of seeds")
+    parser.add_argument(
+        "--objectives", help="override the objectives: comma-separated names or package.module:attr (e.g. fm,mf,my_pkg:loss)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes, one torch thread each")
     parser.add_argument("--out", help="output folder (default runs/NAME/<timestamp>)")
     parser.add_argument("--resume", metavar="DIR", help="continue an interrupted study in DIR (finished runs are kept)")
@@ -38,7 +41,9 @@ def main(argv=None) -> int:
             study = replace(study, train=replace(study.train, device=args.device))
         if args.seeds is not None:
             study = replace(study, study=replace(study.study, seeds=args.seeds))
-    except ValueError as err:
+        if args.objectives is not None:
+            study = with_objectives(study, [o.strip() for o in args.objectives.split(",") if o.strip()])
+    except (ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from mfverify.study.runner import run_study

@@ -225,6 +225,15 @@ def _option_tables(file, label, tables, base: dict) -> dict:
     return out
 
 
+def with_objectives(study: Study, names) -> Study:
+    """The study with another list of objectives; overrides and options of dropped ones go."""
+    spec = replace(study.study, objectives=tuple(names))
+    keep = lambda pairs: tuple((k, v) for k, v in pairs if k in spec.objectives)  # noqa: E731
+    out = replace(study, study=spec, overrides=keep(study.overrides), objective_options=keep(study.objective_options))
+    check_runs(out, study.source or "study")
+    return out
+
+
 def check_runs(study: Study, file="study") -> None:
     """Every run's configuration is valid (objective and network options included): a
     mistake is found when the study is loaded, before any file is written."""

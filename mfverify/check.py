@@ -1,0 +1,454 @@
+"""The check battery, run on any per-sample loss: ``python -m mfverify.check LOSS``.
+
+``LOSS`` is a registered objective name or ``"package.module:attr"`` naming a
+per-sample loss ``loss(model, x0, x1, r, t, **options) -> (n,)`` in mfverify's
+conventions (MATH.md §1: data at t = 0, noise at t = 1, ``model(x, r, t)``;
+wrap other conventions with ``mfverify.conventions``). Each check is a row with
+its numbers, its rule and a verdict:
+
+- ``reduces_to_fm``: at ``r = t`` the per-sample values and the parameter gradient
+  equal ``fm``'s up to one positive constant factor (fitted and reported), on
+  random networks, data and times. Not for losses trained at ``r = 0`` only.
+- ``equivalent_to_reference`` (with ``reference``): the same against the reference
+  at random ``r <= t`` (gradient only where either value is a surrogate).
+- ``stationary_at_exact_u``: the population derivative ``d/d eps E[loss(u* + eps h) | x_t]``
+  at the exact average velocity is zero in random smooth directions ``h``, on each
+  case. Exact route (sigma points) where the loss is declared quadratic in ``v_c``,
+  verified by a second sigma-point set; else Monte Carlo with a
+  Bonferroni-corrected 5-sigma rule. Options ``p`` (weighting) are set to 0.
+- ``weighting_moves_fixed_point`` (informational, when the loss takes ``p``): the same
+  by Monte Carlo with ``p = 1``; MATH.md §4 expects it to move on a mixture, not on
+  a single Gaussian.
+- ``scm_relation`` (losses trained at ``r = 0`` only): per-sample gradient equal to
+  ``(t/2)`` times ``mf``'s at ``r = 0`` up to one positive factor.
+
+Python: ``report = mfverify.check.run(loss, reference=None, cases=None, options=None, seed=0)``;
+``report.passed``, ``report.checks[NAME].passed / .value / .rule``, ``report.to_json()``.
+Exit status of the command: 0 every check passed, 1 one failed, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import torch
+
+from mfverify import identities, objectives
+from mfverify.cases import get_case
+from mfverify.models import build_network
+
+__all__ = ["run", "Report", "CheckResult", "DEFAULT_CASES", "main"]
+
+DEFAULT_CASES = ("gauss2d_aniso", "bimodal1d", "ring8")  # a Gaussian, a 1-D bimodal mixture, ring8
+
+# float64 throughout; two computation graphs of the same value differ by round-off
+# (~1e-14 relative); 1e-9 leaves five orders for sums over many parameters
+EQUAL_RTOL = 1e-9
+# the exact route: the truth's derivatives are accurate to ~1e-10 relative (ODE route,
+# rtol 1e-12), times O(1) factors (tests/test_objectives.py uses the same bar)
+STATIONARY_RTOL = 1e-8
+# Monte Carlo: 5 sigma (two-sided p = 5.7e-7) for the family of tests, Bonferroni
+FIVE_SIGMA_P = 2 * (1 - NormalDist().cdf(5.0))
+
+
+def bonferroni_z(m: int) -> float:
+    """The |z| above which one of ``m`` tests is significant at the 5-sigma family level."""
+    return NormalDist().inv_cdf(1 - FIVE_SIGMA_P / (2 * max(m, 1)))
+
+
+@dataclass
+class CheckResult:
+    """One row of the report: ``value`` is the statistic the ``rule`` is applied to."""
+
+    name: str
+    passed: bool
+    value: float
+    rule: str
+    counts: bool = True  # informational checks do not decide report.passed
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "value": self.value, "rule": self.rule,
+                **({"informational": True} if not self.counts else {}), **self.details}
+
+
+@dataclass
+class Report:
+    loss: str
+    checks: dict[str, CheckResult]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks.values() if c.counts)
+
+    def to_dict(self) -> dict:
+        return {"loss": self.loss, "passed": self.passed,
+                "checks": {k: c.to_dict() for k, c in self.checks.items()}, "notes": self.notes}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, default=_json_default)
+
+    def table(self) -> str:
+        """The report as a Markdown table, one row per check."""
+        lines = [f"check of {self.loss}: {'PASSED' if self.passed else 'FAILED'} ({self.seconds:.0f} s)", "",
+                 "| check | verdict | value | rule | details |", "|---|---|---|---|---|"]
+        for c in self.checks.values():
+            verdict = ("pass" if c.passed else "FAIL") + ("" if c.counts else " (informational)")
+            extra = ", ".join(f"{k} = {_fmt(v)}" for k, v in c.details.items() if k not in ("per_case",))
+            lines.append(f"| {c.name} | {verdict} | {_fmt(c.value)} | {c.rule} | {extra} |")
+        for c in self.checks.values():
+            for case, d in c.details.get("per_case", {}).items():
+                lines.append(f"  {c.name} on {case}: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in d.items()))
+        lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _fmt(v):
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _json_default(v):
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    raise TypeError(f"cannot write {type(v).__name__} to JSON")
+
+
+# ------------------------------------------------------------------ inputs
+
+
+class _Loss:
+    """The loss under test: an ``Objective`` with its options, outputs checked strictly."""
+
+    def __init__(self, loss, options):
+        self.objective = objectives.get(loss)
+        self.name = self.objective.name
+        self.options = self.objective.resolve_options(options)
+
+    def exact_options(self) -> dict:
+        """The options of the exact checks: weighting off (MATH.md §4: exact checks use p = 0)."""
+        return {**self.options, **({"p": 0.0} if "p" in self.options else {})}
+
+    def __call__(self, model, x0, x1, r, t, **options) -> torch.Tensor:
+        loss = self.objective(model, x0, x1, r, t, **{**self.options, **options})
+        if not torch.isfinite(loss.detach()).all():
+            raise ValueError(f"loss {self.name!r} returned non-finite values on finite inputs (a random network, "
+                             "random data and times)")
+        return loss
+
+
+def _networks(seed: int, network: str, dims=(1, 2, 3)):
+    """Random float64 networks, one per dimension, with the data of a batch for each."""
+    out = []
+    for i, d in enumerate(dims):
+        torch.manual_seed(seed + 101 * i)
+        model = build_network(network, d, {"width": 16, "depth": 2} if network == "mlp" else {},
+                              dtype=torch.float64).double()
+        g = torch.Generator().manual_seed(seed + 7 + i)
+        n = 12
+        x0 = 2 * torch.randn(n, d, generator=g, dtype=torch.float64)
+        x1 = torch.randn(n, d, generator=g, dtype=torch.float64)
+        t = 0.02 + 0.98 * torch.rand(n, generator=g, dtype=torch.float64)
+        r = t * torch.rand(n, generator=g, dtype=torch.float64)
+        r[: n // 4] = t[: n // 4]  # some on the diagonal
+        w = 0.5 + torch.rand(n, generator=g, dtype=torch.float64)  # weights: gradients see every sample
+        out.append((model, x0, x1, r, t, w))
+    return out
+
+
+def _value_and_grad(loss_fn, model, x0, x1, r, t, w, seed):
+    torch.manual_seed(seed)  # a loss that draws (lambda ~ U(0, 1), say) draws the same each call
+    loss = loss_fn(model, x0, x1, r, t)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((w * loss).sum(), params, allow_unused=True)
+    flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
+    return loss.detach(), flat
+
+
+def _fit_factor(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """``(k, residual)``: the least-squares factor ``a ~ k b`` and ``|a - k b| / max(|a|, |k b|)``."""
+    bb = float(b @ b)
+    k = float(a @ b) / bb if bb > 0 else 0.0
+    denom = max(float(a.norm()), abs(k) * math.sqrt(bb), 1e-300)
+    return k, float((a - k * b).norm()) / denom
+
+
+def _compare(loss_fn, ref_fn, batches, use_values: bool, seed: int):
+    values, ref_values, grads, ref_grads = [], [], [], []
+    for i, (model, x0, x1, r, t, w) in enumerate(batches):
+        v, g = _value_and_grad(loss_fn, model, x0, x1, r, t, w, seed + i)
+        rv, rg = _value_and_grad(ref_fn, model, x0, x1, r, t, w, seed + i)
+        values.append(v), ref_values.append(rv), grads.append(g), ref_grads.append(rg)
+    v, rv, g, rg = (torch.cat(a) for a in (values, ref_values, grads, ref_grads))
+    if use_values:
+        k, res_v = _fit_factor(v, rv)
+        res_g = float((g - k * rg).norm()) / max(float(g.norm()), abs(k) * float(rg.norm()), 1e-300)
+    else:
+        k, res_g = _fit_factor(g, rg)
+        res_v = float("nan")
+    return k, res_v, res_g
+
+
+# ------------------------------------------------------------------ the checks
+
+
+def check_reduces_to_fm(loss: _Loss, batches, seed) -> CheckResult:
+    diag = [(m, x0, x1, t.clone(), t, w) for m, x0, x1, r, t, w in batches]
+    fm = objectives.get("fm")
+    use_values = not loss.objective.surrogate
+    k, res_v, res_g = _compare(lambda *a: loss(*a, **loss.exact_options()), fm, diag, use_values, seed)
+    residual = max(res_g, res_v if use_values else 0.0)
+    passed = residual <= EQUAL_RTOL and k > 0
+    rule = f"at r = t: |L - k L_fm| and |grad L - k grad L_fm| <= {EQUAL_RTOL:g} of their size, one k > 0"
+    return CheckResult("reduces_to_fm", passed, residual, rule,
+                       details={"factor": k, "value_residual": res_v, "gradient_residual": res_g})
+
+
+def check_equivalent(loss: _Loss, reference: _Loss, batches, seed) -> CheckResult:
+    use_values = not (loss.objective.surrogate or reference.objective.surrogate)
+    k, res_v, res_g = _compare(loss, reference, batches, use_values, seed)
+    residual = max(res_g, res_v if use_values else 0.0)
+    passed = residual <= EQUAL_RTOL and k > 0
+    what = "value and gradient" if use_values else "gradient (a surrogate's value means nothing)"
+    rule = f"{what} = k x {reference.name}'s to {EQUAL_RTOL:g} of their size, one k > 0, random r <= t"
+    return CheckResult("equivalent_to_reference", passed, residual, rule,
+                       details={"reference": reference.name, "factor": k, "value_residual": res_v,
+                                "gradient_residual": res_g})
+
+
+def _directions(d: int, seed: int):
+    """Smooth directions h(x, r, t): a small random network, and ``sin(W x + b t + c r + e)``
+    with a Jacobian of order 1.5 (the effects of J_x h stand out of Monte Carlo noise)."""
+    torch.manual_seed(seed)
+    net = build_network("mlp", d, {"width": 16, "depth": 2}, dtype=torch.float64).double()
+    g = torch.Generator().manual_seed(seed + 1)
+    W = 1.5 * torch.randn(d, d, generator=g, dtype=torch.float64)
+    b, c, e = (torch.randn(d, generator=g, dtype=torch.float64) for _ in range(3))
+    wavy = lambda x, r, t: torch.sin(x @ W.T + t[:, None] * b + r[:, None] * c + e)  # noqa: E731
+    return {"network": net, "wavy": wavy}
+
+
+def _points(mixture, seed: int, n: int, r0: bool):
+    """``n`` points ``x_t ~ p_t`` with ``t ~ U(0.3, 1)`` and ``r = 0`` for the first half (long
+    intervals, where the terms of a MeanFlow loss are largest), ``r ~ U(0, t)`` for the rest."""
+    g = torch.Generator().manual_seed(seed)
+    t = 0.3 + 0.7 * torch.rand(n, generator=g, dtype=torch.float64)
+    r = t * torch.rand(n, generator=g, dtype=torch.float64)
+    r[: (n + 1) // 2] = 0.0
+    if r0:
+        r = torch.zeros_like(t)
+    x0 = mixture.sample(n, generator=g)
+    x1 = torch.randn(n, mixture.d, generator=g, dtype=torch.float64)
+    return (1 - t[:, None]) * x0 + t[:, None] * x1, r, t
+
+
+def check_stationary(loss: _Loss, cases, seed, n_points: int, n_samples: int, progress=False,
+                     points=None, directions=None) -> CheckResult:
+    """``cases``: names or mixtures; ``points``: ``(x, r, t)`` for every case (default: drawn per
+    case); ``directions``: ``{name: h}`` (default: a random network and a wavy field)."""
+    options = loss.exact_options()
+    exact = loss.objective.is_quadratic(options)
+    r0 = loss.objective.trained_at_r0
+    per_case, stats = {}, []
+    m = len(cases) * (n_points if points is None else len(points[2])) * (2 if directions is None else len(directions))
+    for ci, case in enumerate(cases):
+        mixture = get_case(case) if isinstance(case, str) else case
+        label = case if isinstance(case, str) else repr(mixture)
+        x, r, t = _points(mixture, seed + 31 * ci, n_points, r0) if points is None else points
+        model = identities.ExactModel(mixture)
+        worst = {}
+        for name, h in (directions or _directions(mixture.d, seed + 17 * ci)).items():
+            _progress(progress, f"stationary_at_exact_u: {label}, direction {name}")
+            if exact:
+                g, scale = identities.population_gradient_with_scale(
+                    loss.objective, mixture, h, x, r, t, exact_model=model, **options)
+                worst[name] = (g.abs() / scale).max().item()
+            else:
+                gen = torch.Generator().manual_seed(seed + 1000 * ci + len(worst))
+                mean, se = identities.population_gradient_mc(
+                    loss.objective, mixture, h, x, r, t, n_samples=n_samples, generator=gen, **options)
+                worst[name] = (mean.abs() / se.clamp_min(1e-300)).max().item()
+        per_case[label] = {f"max_{k}": v for k, v in worst.items()}
+        stats += list(worst.values())
+    value = max(stats)
+    if exact:
+        rule = (f"exact (sigma points; declared quadratic in v_c, verified by a second set): "
+                f"max |E dl/d eps| / scale <= {STATIONARY_RTOL:g}")
+        passed = value <= STATIONARY_RTOL
+    else:
+        z = bonferroni_z(m)
+        rule = (f"Monte Carlo ({n_samples} exact draws of v_c per point): max |z| <= {z:.2f} "
+                f"(5 sigma, Bonferroni over {m} tests)")
+        passed = value <= z
+    return CheckResult("stationary_at_exact_u", passed, value, rule,
+                       details={"route": "exact" if exact else "monte_carlo", "per_case": per_case})
+
+
+def check_weighting(loss: _Loss, seed, n_samples: int, progress) -> CheckResult:
+    options = {**loss.options, "p": 1.0, **({"c": 1e-2} if "c" in loss.options else {})}
+    r0 = loss.objective.trained_at_r0
+    cases = {"gauss2d_aniso": "single Gaussian", "ring8": "mixture"}
+    m = len(cases) * 2
+    z = bonferroni_z(m)
+    moved, per_case = {}, {}
+    for ci, case in enumerate(cases):
+        _progress(progress, f"weighting_moves_fixed_point: {case}")
+        mixture = get_case(case)
+        t = torch.tensor([0.8, 0.4], dtype=torch.float64)
+        r = torch.zeros(2, dtype=torch.float64) if r0 else torch.tensor([0.0, 0.1], dtype=torch.float64)
+        g = torch.Generator().manual_seed(seed + 3 + ci)
+        x = (1 - t[:, None]) * mixture.sample(2, generator=g) + t[:, None] * torch.randn(2, mixture.d, generator=g,
+                                                                                        dtype=torch.float64)
+        h = _directions(mixture.d, seed + 50 + ci)["wavy"]
+        mean, se = identities.population_gradient_mc(
+            loss.objective, mixture, h, x, r, t, n_samples=n_samples,
+            generator=torch.Generator().manual_seed(seed + 77 + ci), **options)
+        stat = (mean.abs() / se.clamp_min(1e-300)).max().item()
+        moved[cases[case]] = stat > z
+        per_case[case] = {"max_z": stat, "moved": stat > z}
+    passed = moved["mixture"] and not moved["single Gaussian"]
+    rule = f"p = 1: moves (max |z| > {z:.2f}) on ring8, not on gauss2d_aniso (MATH.md §4)"
+    value = per_case["ring8"]["max_z"]
+    return CheckResult("weighting_moves_fixed_point", passed, value, rule, counts=False,
+                       details={"options": {k: v for k, v in options.items() if k in ("p", "c")},
+                                "per_case": per_case})
+
+
+def check_scm_relation(loss: _Loss, batches, seed) -> CheckResult:
+    mf = objectives.get("mf")
+    res = []
+    ks = []
+    for i, (model, x0, x1, _, t, _w) in enumerate(batches):
+        r = torch.zeros_like(t)
+        params = list(model.parameters())
+        for j in range(t.shape[0]):
+            sl = slice(j, j + 1)
+            torch.manual_seed(seed + i)
+            g = torch.autograd.grad(loss(model, x0[sl], x1[sl], r[sl], t[sl]).sum(), params, allow_unused=True)
+            gm = torch.autograd.grad(mf(model, x0[sl], x1[sl], r[sl], t[sl]).sum(), params, allow_unused=True)
+            flat = lambda gs: torch.cat([(a if a is not None else torch.zeros_like(p)).flatten()  # noqa: E731
+                                         for a, p in zip(gs, params)])
+            res.append((flat(g), 0.5 * float(t[j]) * flat(gm)))
+    a = torch.cat([p for p, _ in res])
+    b = torch.cat([q for _, q in res])
+    k, residual = _fit_factor(a, b)
+    ks.append(k)
+    passed = residual <= EQUAL_RTOL and k > 0
+    rule = f"per sample at r = 0: grad L = k (t/2) grad L_mf to {EQUAL_RTOL:g} of its size, one k > 0"
+    return CheckResult("scm_relation", passed, residual, rule, details={"factor": k})
+
+
+def _progress(enabled, message):
+    if enabled:
+        print(f"  ... {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ the battery
+
+
+def run(loss, reference=None, cases=None, options=None, seed: int = 0, network: str = "mlp",
+        n_points: int = 4, n_samples: int = 20_000, weighting_samples: int = 100_000, weighting: bool = True,
+        progress: bool = False) -> Report:
+    """Run the battery on ``loss`` (a name, ``"module:attr"``, ``Objective`` or per-sample loss).
+
+    ``reference``: another loss it should equal up to a factor; ``cases``: names for
+    the stationarity check (default ``DEFAULT_CASES``); ``options``: the loss's
+    options; ``network``: the random networks' kind (a registered name);
+    ``weighting=False`` leaves the informational weighting check out (said in the notes).
+    """
+    start = time.perf_counter()
+    cases = tuple(DEFAULT_CASES if cases is None else cases)
+    if not cases:
+        raise ValueError("cases must name at least one case")
+    for case in cases:
+        get_case(case)  # an unknown case fails before any work
+    subject = _Loss(loss, options)
+    ref = _Loss(reference, None) if reference is not None else None
+    batches = _networks(seed, network)
+    checks, notes = {}, []
+    obj = subject.objective
+    if obj.trained_at_r0:
+        notes.append("reduces_to_fm not run: the loss is trained at r = 0 only (its r = t rows are not flow "
+                     "matching); scm_relation checks it instead")
+    else:
+        checks["reduces_to_fm"] = check_reduces_to_fm(subject, batches, seed)
+    if ref is not None:
+        checks["equivalent_to_reference"] = check_equivalent(subject, ref, batches, seed)
+    checks["stationary_at_exact_u"] = check_stationary(subject, cases, seed, n_points, n_samples, progress)
+    if "p" in subject.options and weighting:
+        checks["weighting_moves_fixed_point"] = check_weighting(subject, seed, weighting_samples, progress)
+    elif "p" in subject.options:
+        notes.append("weighting_moves_fixed_point not run (weighting=False)")
+    if obj.trained_at_r0:
+        checks["scm_relation"] = check_scm_relation(subject, batches, seed)
+    return Report(subject.name, checks, notes, seconds=time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--option takes KEY=VALUE, got {text!r}")
+    low = raw.strip().lower()
+    if low in ("true", "false"):
+        return key, low == "true"
+    if low in ("none", "null"):
+        return key, None
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mfverify.check", description=__doc__.split("\n\n")[0],
+        epilog="Exit status: 0 every check passed, 1 one failed, 2 a usage error.")
+    parser.add_argument("loss", help="a registered objective (e.g. mf) or package.module:attr")
+    parser.add_argument("--reference", help="an objective the loss should equal up to a constant factor")
+    parser.add_argument("--cases", nargs="+", help=f"cases of the stationarity check (default: {' '.join(DEFAULT_CASES)})")
+    parser.add_argument("--option", action="append", default=[], type=_parse_option, metavar="K=V",
+                        help="an option of the loss (repeatable)")
+    parser.add_argument("--quadratic", action="store_true",
+                        help="declare the loss quadratic in v_c (exact route; verified at run time)")
+    parser.add_argument("--network", default="mlp", help="the random networks' kind (default mlp)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    from mfverify.io import write_text
+
+    try:
+        loss = objectives.get(args.loss)
+        if args.quadratic:
+            from dataclasses import replace
+
+            loss = replace(loss, quadratic_in_v_c=True)
+        if args.json and Path(args.json).is_dir():
+            raise ValueError(f"--json {args.json}: is a folder, expected a file path")
+        report = run(loss, reference=args.reference, cases=args.cases, options=dict(args.option), seed=args.seed,
+                     network=args.network, progress=not args.no_progress)
+    except (ValueError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.table())
+    if args.json:
+        write_text(args.json, report.to_json() + "\n")
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

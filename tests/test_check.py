@@ -1,0 +1,197 @@
+"""The check battery (mfverify.check): the verdicts MATH.md predicts for the built-in
+objectives, public transcriptions pass, broken variants fail naming the check, the
+exact route refuses a false declaration, the command line and its bad input."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from mfverify import check, identities, objectives
+from mfverify.cases import get_case
+
+from . import public_losses as P
+
+MEANFLOW = ["fm", "mf_full", "mf_sg", "mf", "mf_nosg", "shortcut"]
+
+
+@pytest.mark.parametrize("name", MEANFLOW + ["scm"])
+def test_builtin_objectives_get_the_verdicts_math_predicts(name):
+    report = check.run(name, weighting=False)
+    checks = report.checks
+    if name == "scm":  # trained at r = 0 only: the sCM relation instead of the r = t reduction
+        assert "reduces_to_fm" not in checks and checks["scm_relation"].passed
+        assert checks["scm_relation"].details["factor"] == pytest.approx(1.0, rel=1e-9)
+    else:
+        assert checks["reduces_to_fm"].passed
+        assert checks["reduces_to_fm"].details["factor"] == pytest.approx(1.0, rel=1e-9)
+    assert checks["stationary_at_exact_u"].details["route"] == "exact"
+    # MATH.md §4: u* is stationary for every objective but mf_nosg
+    assert checks["stationary_at_exact_u"].passed == (name != "mf_nosg")
+    assert report.passed == (name != "mf_nosg")
+
+
+def test_weighting_moves_mf_fixed_point_on_a_mixture_not_on_a_gaussian():
+    report = check.run("mf", cases=["gauss2d_aniso"])
+    w = report.checks["weighting_moves_fixed_point"]
+    assert not w.counts and w.passed
+    assert w.details["per_case"]["ring8"]["moved"] and not w.details["per_case"]["gauss2d_aniso"]["moved"]
+    assert report.passed  # informational: it does not decide the verdict
+
+
+@pytest.mark.parametrize(
+    "loss, options",
+    [(P.py_meanflow, {"norm_p": 0.0}), (P.haidog_meanflow, None), (P.reversed_meanflow, None), (P.declared(P.mf_by_hand), None)],
+    ids=["py_meanflow", "haidog_meanflow", "reversed_meanflow", "mf_by_hand"],
+)
+def test_faithful_transcriptions_pass_and_equal_mf(loss, options):
+    report = check.run(loss, reference="mf", options=options, cases=["gauss2d_aniso", "ring8"])
+    assert report.passed, report.table()
+    # converted to mfverify's conventions, each is mf itself: factor 1
+    assert report.checks["equivalent_to_reference"].details["factor"] == pytest.approx(1.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(P.BROKEN))
+def test_every_broken_variant_fails_and_the_failure_names_the_check(name):
+    report = check.run(P.declared(getattr(P, name)), reference="mf", cases=["gauss2d_aniso", "ring8"])
+    failed = {k for k, c in report.checks.items() if c.counts and not c.passed}
+    assert not report.passed
+    assert failed == set(P.BROKEN[name]) | {"equivalent_to_reference"}, report.table()
+
+
+def test_monte_carlo_route_for_an_undeclared_loss():
+    good = check.run(P.haidog_meanflow_undeclared, cases=["ring8"])
+    assert good.checks["stationary_at_exact_u"].details["route"] == "monte_carlo"
+    assert good.checks["stationary_at_exact_u"].passed
+    bad = check.run(objectives.Objective("sign_error", P.sign_error), cases=["ring8"])
+    assert bad.checks["stationary_at_exact_u"].details["route"] == "monte_carlo"
+    assert not bad.checks["stationary_at_exact_u"].passed  # z far above the Bonferroni bar
+
+
+def test_public_weighting_defect_is_found():
+    # zhuyu-cs's L^2 / sg(L^2 + c)^p: at p = 0 it is |Delta|^4, whose minimiser is not the mean
+    report = check.run(P.zhuyu_meanflow, cases=["ring8"], weighting=False)
+    assert report.checks["reduces_to_fm"].passed is False  # |Delta|^4 is not k |Delta|^2
+    stationary = report.checks["stationary_at_exact_u"]
+    assert stationary.details["route"] == "monte_carlo" and not stationary.passed
+
+
+def test_a_false_quadratic_declaration_is_an_error_not_an_exact_result():
+    from dataclasses import replace
+
+    liar = replace(P.zhuyu_meanflow, quadratic_in_v_c=True)
+    m = get_case("ring8")
+    x, r, t = check._points(m, 0, 2, r0=False)
+    h = check._directions(2, 0)["wavy"]
+    with pytest.raises(identities.NotQuadratic, match="declared quadratic in v_c"):
+        identities.population_gradient(liar, m, h, x, r, t, p=0.0)
+    with pytest.raises(ValueError, match="not declared quadratic"):
+        identities.population_gradient(P.zhuyu_meanflow, m, h, x, r, t, p=0.0)
+
+
+def test_sigma_points_are_exact_to_degree_two_not_three():
+    # the posterior of v_c given x_t is a skewed mixture: its third moment is not the
+    # symmetric set's; both sets give the first two moments exactly
+    from mfverify.truth.fields import gm_component_moments
+
+    m = get_case("bimodal1d")
+    x = torch.tensor([[0.1], [-0.6]], dtype=torch.float64)
+    t = torch.tensor([0.7, 0.5], dtype=torch.float64)
+    pi, g, var = gm_component_moments(m, x, t)  # (n, K), (n, K, 1), (n, K, 1): per component Gaussian
+    g, var = g[..., 0], var[..., 0]
+    first, second = (pi * g).sum(1), (pi * (g**2 + var)).sum(1)
+    third = (pi * (g**3 + 3 * g * var)).sum(1)
+    mean, cov = identities.truth.conditional_moments(m, x, t)
+    for skew in (1.0, 2.0):
+        pts, w = identities.sigma_points(mean, cov, skew=skew)
+        moment = lambda k: (pts[..., 0] ** k * w).sum(1)  # noqa: E731
+        assert torch.allclose(moment(1), first, rtol=1e-12)
+        assert torch.allclose(moment(2), second, rtol=1e-12)
+        # round-off 1e-12; the symmetric set misses the third moment by the skewness
+        assert ((moment(3) - third).abs() > 1e-3).any() if skew == 1.0 else True
+    a, wa = identities.sigma_points(mean, cov, skew=1.0)
+    b, wb = identities.sigma_points(mean, cov, skew=2.0)
+    assert ((a[..., 0] ** 3 * wa).sum(1) - (b[..., 0] ** 3 * wb).sum(1)).abs().max() > 1e-3  # the sets disagree
+
+
+def test_scm_relation_fails_for_a_broken_surrogate():
+    def scm_without_t(model, x0, x1, r, t):
+        """sCM with the tangent's t dropped: df/dt = v_c - u - D[v_c]."""
+        x_t = (1 - t[:, None]) * x0 + t[:, None] * x1
+        v_c, zero = x1 - x0, torch.zeros_like(t)
+        u, D = torch.func.jvp(model, (x_t, zero, t), (v_c, zero, torch.ones_like(t)))
+        return ((x_t - t[:, None] * u) * (v_c - u - D).detach()).sum(1)
+
+    loss = objectives.Objective("scm_without_t", scm_without_t, trained_at_r0=True, surrogate=True,
+                                quadratic_in_v_c=True)
+    report = check.run(loss)
+    assert not report.checks["scm_relation"].passed
+    assert not report.checks["stationary_at_exact_u"].passed
+
+
+# ---------------------------------------------------------------- reports and the command line
+
+
+def test_report_json_has_the_documented_shape(tmp_path):
+    out = tmp_path / "r.json"
+    rc = check.main(["tests.public_losses:haidog_meanflow", "--reference", "mf", "--cases", "gauss2d_aniso",
+                     "--json", str(out), "--no-progress"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["loss"] == "tests.public_losses:haidog_meanflow" and data["passed"] is True
+    for name, c in data["checks"].items():
+        assert {"passed", "value", "rule"} <= set(c), name
+    assert data["checks"]["equivalent_to_reference"]["factor"] == pytest.approx(1.0, rel=1e-9)
+
+
+def test_cli_exit_status_is_one_when_a_check_fails(capsys):
+    assert check.main(["mf_nosg", "--cases", "gauss2d_aniso", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "stationary_at_exact_u | FAIL" in out
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["meanflow"], "unknown objective 'meanflow'; known objectives: fm, mf_full"),
+        (["no_such_module_xyz:loss"], "cannot import module 'no_such_module_xyz'"),
+        (["tests.public_losses:nothing_here"], "has no attribute 'nothing_here'"),
+        (["tests.public_losses:BROKEN"], "must be callable"),
+        (["mf", "--option", "tangent_warmup=2"], r"unexpected options \['tangent_warmup'\]"),
+        (["mf", "--cases", "ring9"], "unknown case 'ring9'"),
+        (["tests.test_check:_wrong_shape"], r"must return the per-sample loss, a torch tensor of shape \(12,\)"),
+        (["tests.test_check:_numpy_loss"], "got ndarray"),
+        (["tests.test_check:_nan_loss"], "returned non-finite values"),
+        (["tests.test_check:_too_few_arguments"], r"takes \(model, x0, x1, r, t\)"),
+    ],
+)
+def test_bad_input_is_a_usage_error_naming_what_was_expected(argv, pattern, capsys):
+    assert check.main(argv + ["--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert pytest.importorskip("re").search(pattern, err), err
+
+
+def _wrong_shape(model, x0, x1, r, t):
+    return (model(x0, r, t) - x1).square()  # (n, d), not (n,)
+
+
+def _numpy_loss(model, x0, x1, r, t):
+    return (model(x0, r, t) - x1).square().sum(1).detach().numpy()
+
+
+def _nan_loss(model, x0, x1, r, t):
+    return (model(x0, r, t) - x1).square().sum(1) * float("nan")
+
+
+def _too_few_arguments(model, x0, x1):
+    return (model(x0, x0[:, 0], x0[:, 0]) - x1).square().sum(1)
+
+
+def test_console_script_and_module_entry(tmp_path):
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-m", "mfverify", "check", "fm", "--cases", "gauss2d_aniso",
+                          "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "check of fm: PASSED" in res.stdout
