@@ -12,10 +12,19 @@ Back-ends (all exact; tested equal to 1e-12 in float64):
   (two reverse passes; works for models without forward-mode support);
 - ``"analytic"``: the model's own ``model.jvp(x, r, t, dx, dr, dt, tangent_grad)``
   (``MeanFlowMLP`` writes forward mode out by hand: one pass, and no graph for
-  the tangent when the objective stops its gradient).
+  the tangent when the objective stops its gradient);
+- ``"compiled"``: ``torch.func.jvp`` under ``torch.compile`` (one compiled graph per
+  model and input shape, cached; the first call of a shape compiles for seconds and
+  needs a C++ compiler). For any ``nn.Module`` or function: the fastest generic
+  back-end where the tangent's gradient is stopped (``mf``, ``mf_sg``, ``scm``);
+  where it is not (``mf_full``, ``mf_nosg``) it is ``"func"``.
 
 ``"auto"`` (the default) takes ``"analytic"`` when the model has it, else
-``"func"``: the fastest exact ones (benchmarks/objectives_bench.py).
+``"func"`` (no compile step): benchmarks/objectives_bench.py measures them all.
+
+Where the caller stops the tangent's gradient (``tangent_grad=False``) the generic
+back-ends compute ``u`` by a plain forward pass (the graph the loss needs) and the
+tangent without recording a graph: the backward pass then costs what ``fm``'s does.
 
 Both outputs stay differentiable: gradients reach the model's parameters through
 ``u`` and ``D``, and through ``D`` also to the tangent (needed by ``mf_full``).
@@ -23,12 +32,13 @@ Both outputs stay differentiable: gradients reach the model's parameters through
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
 import torch.autograd.forward_ad as fwAD
 
-BACKENDS = ("func", "forward_ad", "double_backward", "analytic")
+BACKENDS = ("func", "forward_ad", "double_backward", "analytic", "compiled")
 DEFAULT_BACKEND = "auto"
 
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -47,6 +57,20 @@ def jvp(model: Model, x, r, t, dx, dr, dt, backend: str = DEFAULT_BACKEND, tange
             raise ValueError(f"backend 'analytic' needs a model with a jvp method; {type(model).__name__} has none")
         u, du = model.jvp(x, r, t, dx, dr, dt, tangent_grad=tangent_grad)
         return u, du if tangent_grad else du.detach()
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if backend == "compiled" and tangent_grad:
+        backend = "func"  # gradients through a compiled forward-mode graph: not supported, func is exact
+    if not tangent_grad and backend != "double_backward":
+        u = model(x, r, t)
+        with torch.no_grad():
+            if backend == "compiled":
+                _, du = _compiled(model)(x, r, t, dx, dr, dt)
+                if hasattr(model, "_check"):
+                    model._check(du, x)
+            else:
+                _, du = jvp(model, x, r, t, dx, dr, dt, backend, tangent_grad=True)
+        return u, du
     if backend == "func":
         return torch.func.jvp(model, (x, r, t), (dx, dr, dt))
     if backend == "forward_ad":
@@ -59,6 +83,22 @@ def jvp(model: Model, x, r, t, dx, dr, dt, backend: str = DEFAULT_BACKEND, tange
     if backend == "double_backward":
         return _double_backward(model, x, r, t, dx, dr, dt)
     raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+
+
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _compiled(model):
+    """``torch.func.jvp`` of the model under ``torch.compile``, one per model (the module
+    itself, not the objectives' shape-checking wrapper around it)."""
+    inner = getattr(model, "model", model)
+    if inner not in _COMPILED:
+        def f(x, r, t, dx, dr, dt):
+            return torch.func.jvp(inner, (x, r, t), (dx, dr, dt))
+
+        # static shapes: a training batch has one shape; symbolic shapes fail in forward AD
+        _COMPILED[inner] = torch.compile(f, dynamic=False)
+    return _COMPILED[inner]
 
 
 def _double_backward(model, x, r, t, dx, dr, dt):

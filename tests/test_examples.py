@@ -1,0 +1,29 @@
+"""The worked example of docs/examples runs as a user's own test suite would."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+
+
+def test_the_worked_example_passes():
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_loss.py"],
+        cwd=EXAMPLES, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "4 passed" in res.stdout
+
+
+def test_the_assertions_fail_with_the_numbers_on_a_broken_loss():
+    import pytest
+
+    from mfverify import objectives
+    from mfverify.testing import assert_stationary
+
+    from .public_losses import sign_error
+
+    broken = objectives.Objective("sign_error", sign_error, quadratic_in_v_c=True)
+    with pytest.raises(AssertionError, match=r"sign_error: stationary_at_exact_u failed: value [0-9.e-]+ against the rule"):
+        assert_stationary(broken, "gauss2d_aniso")
