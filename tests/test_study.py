@@ -163,3 +163,52 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
         write_text(path, Boom("new"))
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["f.txt"]  # no temporary file left behind
+
+
+def test_objective_and_network_options_from_their_tables(tmp_path):
+    path = tmp_path / "opts.toml"
+    path.write_text(TINY + '\n[objective_options.scm]\ntangent_norm_c = 0.1\nwarmup_steps = 5\n'
+                    '\n[overrides.mf]\nnetwork_options = { width = 8 }\n')
+    study = load_study(path)
+    cfg = study.run_config("ring8", "scm", 0)
+    assert dict(cfg.objective_options) == {"tangent_norm_c": 0.1, "warmup_steps": 5}
+    assert dict(cfg.network_options) == {"width": 16, "depth": 2}
+    assert dict(study.run_config("ring8", "mf", 0).network_options) == {"width": 8, "depth": 2}  # merged
+    assert dict(study.run_config("ring8", "fm", 0).objective_options) == {}
+    again = tmp_path / "again.toml"
+    again.write_text(to_toml(study))
+    back = load_study(again)
+    assert back.run_config("ring8", "scm", 0) == cfg and back.run_config("ring8", "mf", 0) == study.run_config("ring8", "mf", 0)
+
+
+@pytest.mark.parametrize(
+    "extra, pattern",
+    [
+        ("[objective_options.scm]\ntangent_norm = 0.1\n", r"unexpected options \['tangent_norm'\]; its options: jvp, tangent_norm_c"),
+        ("[objective_options.scm]\ntangent_norm_c = 'big'\n", r"option 'tangent_norm_c' must be a float"),
+        ("[objective_options.scm]\ntangent_norm_c = -1.0\n", r"tangent_norm_c must be > 0"),
+        ("[objective_options.mf_sg]\njvp = 'func'\n", r"\[objective_options.mf_sg\] names no objective of this study"),
+        ("[overrides.mf]\nnetwork_options = { widht = 3 }\n", r"unexpected options \['widht'\]; its options: width"),
+        ("[objective_options.mf]\np = -1.0\n", r"weighting needs finite p >= 0"),
+        ("[overrides.scm]\np = 1.0\n", r"objective 'scm' takes no adaptive weighting"),
+    ],
+)
+def test_bad_options_are_errors_naming_the_file_when_the_study_is_loaded(tmp_path, extra, pattern):
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY + "\n" + extra)
+    with pytest.raises(ValueError, match=pattern) as info:
+        load_study(path)
+    assert "bad.toml" in str(info.value)
+
+
+def test_studies_registry_finds_registered_files(tmp_path, tiny):
+    from mfverify.study.config import list_studies, studies
+
+    studies.register("tiny_registered", str(tiny))
+    try:
+        assert "tiny_registered" in list_studies()
+        assert load_study("tiny_registered").study.name == "tiny"
+        with pytest.raises(ValueError, match="is not a TOML file"):
+            studies.register("nowhere", str(tmp_path / "missing.toml"))
+    finally:
+        studies.unregister("tiny_registered")

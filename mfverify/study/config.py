@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from mfverify.registry import Registry
 from mfverify.train import TrainConfig
 
 if sys.version_info >= (3, 11):
@@ -33,6 +34,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 BASELINES = ("exact_u", "exact_v_euler", "exact_v_heun", "fm_euler", "fm_heun")
+# baselines made from a trained model used as a velocity field: (its objective, NFE per step)
+MODEL_BASELINES = {"fm_euler": ("fm", 1), "fm_heun": ("fm", 2)}
 PER_RUN_FIELDS = ("case", "objective", "seed")  # set by the study for each run
 OPTION_FIELDS = ("network_options", "objective_options")  # from their own tables
 
@@ -56,8 +59,10 @@ class StudySpec:
         for b in self.baselines:
             if b not in BASELINES:
                 raise ValueError(f"unknown baseline {b!r}; known baselines: {', '.join(BASELINES)}")
-        if any(b.startswith("fm_") for b in self.baselines) and "fm" not in self.objectives:
-            raise ValueError("baselines fm_euler / fm_heun need 'fm' among the objectives")
+        for b in self.baselines:
+            source = MODEL_BASELINES.get(b, (None,))[0]
+            if source is not None and source not in self.objectives:
+                raise ValueError(f"baseline {b} needs {source!r} among the objectives")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
             raise ValueError(f"seeds must be a positive int, got {self.seeds!r}")
 
@@ -109,12 +114,36 @@ def studies_dir() -> Path:
     return here if here.is_dir() else Path(__file__).resolve().parents[2] / "studies"
 
 
+def _as_study_file(obj, name: str) -> Path:
+    """A registered study is the path of its TOML file."""
+    if not isinstance(obj, (str, os.PathLike)):
+        raise TypeError(f"a study is registered as the path of its TOML file, got {type(obj).__name__}")
+    path = Path(obj)
+    if path.suffix != ".toml" or not path.is_file():
+        raise ValueError(f"study {name!r}: {path} is not a TOML file")
+    return path
+
+
+studies = Registry("study", "mfverify.studies", wrap=_as_study_file)
+"""Studies by name: the files of ``studies_dir()``, and those registered with
+``studies.register("name", "path/to/study.toml")``, a ``"package.module:attr"`` string
+naming such a path, or an entry point in the group ``mfverify.studies``."""
+
+
+def study_files() -> dict[str, Path]:
+    """Every known study: the files of ``studies_dir()``, then registered ones."""
+    out = {path.stem: path for path in sorted(studies_dir().glob("*.toml"))}
+    for name in studies.names():
+        out.setdefault(name, studies.get(name))
+    return out
+
+
 def list_studies() -> dict[str, str]:
     """Study names with the first comment line of their file."""
     out = {}
-    for path in sorted(studies_dir().glob("*.toml")):
+    for name, path in study_files().items():
         first = path.read_text().splitlines()[0] if path.stat().st_size else ""
-        out[path.stem] = first.lstrip("# ").strip()
+        out[name] = first.lstrip("# ").strip()
     return out
 
 
@@ -167,7 +196,13 @@ def load_study(name_or_path, preset: str | None = None) -> Study:
     """Read ``studies/NAME.toml`` (or a path) and apply ``[presets.PRESET]``."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = studies_dir() / f"{name_or_path}.toml"
+        files = study_files()
+        if name_or_path in files:
+            path = files[name_or_path]
+        elif ":" in str(name_or_path):
+            path = studies.get(str(name_or_path))
+        else:
+            path = studies_dir() / f"{name_or_path}.toml"
     if not path.is_file():
         known = ", ".join(list_studies()) or "none"
         raise ValueError(f"no study {name_or_path!r} (looked for {path}); known studies: {known}")

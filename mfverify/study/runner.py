@@ -38,7 +38,7 @@ from mfverify.metrics import field_error, sample_metrics
 from mfverify.sample import average_velocity_sampler, euler, heun, model_as_velocity, uniform_grid
 from mfverify.models import networks
 from mfverify.registry import import_modules
-from mfverify.study.config import Study, as_dict, to_toml
+from mfverify.study.config import MODEL_BASELINES, Study, as_dict, to_toml
 from mfverify.train import DTYPES, resolve_device, save_checkpoint, train
 from mfverify.times import sample_times
 
@@ -129,8 +129,8 @@ def run_dir(out: Path, case: str, objective: str, seed: int) -> Path:
     return out / "runs" / _slug(case) / _slug(objective) / f"seed{seed}"
 
 
-# the instantaneous-velocity baselines made from a trained model: (objective, sampler, steps per NFE)
-MODEL_BASELINES = {"fm_euler": ("fm", euler, 1), "fm_heun": ("fm", heun, 2)}
+# the instantaneous-velocity baselines made from a trained model (config.MODEL_BASELINES)
+_SAMPLERS = {"fm_euler": euler, "fm_heun": heun}
 
 
 def _as_u(model, device, dtype):
@@ -158,9 +158,9 @@ def evaluate(study: Study, out: Path, case: str, objective: str, seed: int, mode
         rows += _rows(name, case, objective, seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
     v = model_as_velocity(u)
     for nfe in study.eval.nfe:
-        for baseline, (source, sampler, per_step) in MODEL_BASELINES.items():
+        for baseline, (source, per_step) in MODEL_BASELINES.items():
             if source == objective and baseline in study.study.baselines and nfe % per_step == 0:
-                x, n = sampler(v, x1, uniform_grid(nfe // per_step))
+                x, n = _SAMPLERS[baseline](v, x1, uniform_grid(nfe // per_step))
                 rows += _rows(name, case, baseline, seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
     # field error E|u_theta - u|^2 over x_t ~ p_t, (r, t) from the training time law
     g = torch.Generator().manual_seed(study.eval.noise_seed + 1000 + seed)
