@@ -195,3 +195,11 @@ def test_console_script_and_module_entry(tmp_path):
                           "--no-progress"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "check of fm: PASSED" in res.stdout
+
+
+def test_weighting_cannot_move_shortcut_off_u_star_where_r_is_below_t():
+    # at r < t shortcut's target is deterministic given x_t: the residual is 0 at u* for
+    # every draw, so any weighting of it is 0 too (a round-off mean is not a "move")
+    report = check.run("shortcut", cases=["gauss2d_aniso"])
+    w = report.checks["weighting_moves_fixed_point"]
+    assert not w.details["per_case"]["ring8"]["moved"] and not w.details["per_case"]["gauss2d_aniso"]["moved"]
