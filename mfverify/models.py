@@ -157,19 +157,7 @@ point in the group ``mfverify.networks``.
 """
 
 
-@networks.register("mlp")
-def mlp(
-    d: int,
-    width: int = 128,
-    depth: int = 3,
-    time_inputs: str = "t,t-r",
-    time_features: str = "sinusoidal",
-    n_freqs: int = 8,
-    max_freq: float = 64.0,
-    dtype: torch.dtype | None = None,
-) -> MeanFlowMLP:
-    """``MeanFlowMLP``: ``depth`` SiLU layers of ``width`` on ``x`` and features of ``(t, t - r)`` or ``(t, r)``."""
-    return MeanFlowMLP(d, width, depth, time_inputs, time_features, n_freqs, max_freq, dtype=dtype)
+networks.register("mlp", MeanFlowMLP)  # the class is its own builder: MeanFlowMLP(d, **options)
 
 
 def network_options(name: str) -> dict:
