@@ -90,10 +90,7 @@ class Objective:
         object.__setattr__(self, "options", MappingProxyType(defaults))
         if not self.doc:
             object.__setattr__(self, "doc", inspect.getdoc(self.loss) or "")
-
-    @property
-    def __doc__(self):  # noqa: D105 -- help(objective) shows the formula
-        return self.doc
+        object.__setattr__(self, "__doc__", self.doc)  # objective.__doc__ is its formula
 
     # ------------------------------------------------------------ options
 

@@ -82,3 +82,23 @@ def test_a_plain_network_from_the_registry_trains(tmp_path):
     x = torch.randn(4, 2, dtype=torch.float32)
     r, t = torch.zeros(4, dtype=torch.float32), torch.full((4,), 0.5, dtype=torch.float32)
     assert cfg2 == cfg and torch.equal(ema(x, r, t), result.ema(x, r, t))
+
+
+def test_an_objective_that_needs_the_truth_gets_the_mixture():
+    from mfverify import objectives, truth
+
+    seen = []
+
+    def fm_oracle(model, x0, x1, r, t, mixture):
+        """``|u(x_t, t, t) - v(x_t, t)|^2``: flow matching on the exact field."""
+        seen.append(mixture)
+        x_t = (1 - t[:, None]) * x0 + t[:, None] * x1
+        v = truth.velocity(mixture, x_t.detach().double(), t.detach().double()).to(x_t.dtype)
+        return (model(x_t, t, t) - v).square().sum(1)
+
+    objectives.register("fm_oracle_test", fm_oracle, needs_truth=True)
+    try:
+        result = train(TrainConfig(**{**SMALL, "objective": "fm_oracle_test", "p": 0.0, "steps": 3}), progress=False)
+        assert len(result.losses) == 3 and all(m.K == 8 for m in seen)  # ring8, on every step
+    finally:
+        objectives.registry.unregister("fm_oracle_test")
