@@ -72,6 +72,16 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("lr", "weight_decay", "ema_decay", "time_mean", "time_std", "frac_r_eq_t", "p", "c"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not 0.0 <= self.frac_r_eq_t <= 1.0:
+            raise ValueError(f"frac_r_eq_t must lie in [0, 1], got {self.frac_r_eq_t!r}")
+        if not self.time_std > 0:
+            raise ValueError(f"time_std must be positive, got {self.time_std!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.lr_schedule not in LR_SCHEDULES:

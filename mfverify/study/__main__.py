@@ -8,14 +8,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mfverify.study.config import list_studies, load_study, with_objectives
+from mfverify.study.config import check_runs, list_studies, load_study, study_presets, with_objectives
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mfverify.study", description=__doc__)
     parser.add_argument("name", nargs="?", help="a study in studies/ (see --list)")
     parser.add_argument("--list", action="store_true", help="list the studies and exit")
-    parser.add_argument("--preset", default="default", help="quick | default | paper (default: default)")
+    parser.add_argument("--preset", help="a preset of the study, e.g. quick | default | paper "
+                        "(default: 'default' where the study has one, else the study as written)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the study's device")
     parser.add_argument("--seeds", type=int, help="override the number of seeds")
     parser.add_argument(
@@ -35,14 +36,20 @@ def main(argv=None) -> int:
         parser.error("a study NAME is required (see --list)")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.resume and args.out and Path(args.out) != Path(args.resume):
+        parser.error(f"--resume {args.resume} and --out {args.out} name different folders; give one of them")
     try:
-        study = load_study(args.name, preset=args.preset)
+        preset = args.preset
+        if preset is None and "default" in study_presets(args.name):
+            preset = "default"
+        study = load_study(args.name, preset=preset)
         if args.device:
             study = replace(study, train=replace(study.train, device=args.device))
         if args.seeds is not None:
             study = replace(study, study=replace(study.study, seeds=args.seeds))
         if args.objectives is not None:
             study = with_objectives(study, [o.strip() for o in args.objectives.split(",") if o.strip()])
+        check_runs(study, study.source)  # the overridden study too (--device cuda without CUDA)
     except (ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -61,7 +68,7 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{args.name} ({args.preset}) finished in {time.perf_counter() - start:.0f} s: {out}")
+    print(f"{args.name} ({preset or 'as written'}) finished in {time.perf_counter() - start:.0f} s: {out}")
     print(f"  {out / 'summary.md'}\n  {out / 'results.csv'}")
     return 0
 

@@ -40,6 +40,14 @@ PER_RUN_FIELDS = ("case", "objective", "seed")  # set by the study for each run
 OPTION_FIELDS = ("network_options", "objective_options")  # from their own tables
 
 
+def _no_duplicates(key, values):
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{key} lists {v!r} twice")
+        seen.add(v)
+
+
 @dataclass(frozen=True)
 class StudySpec:
     name: str = "objectives_compare"
@@ -52,6 +60,11 @@ class StudySpec:
         from mfverify import objectives
         from mfverify.cases import get_case
 
+        for key in ("cases", "objectives"):
+            if not getattr(self, key):
+                raise ValueError(f"{key} must name at least one {key[:-1]}, got an empty list")
+        for key in ("cases", "objectives", "baselines"):
+            _no_duplicates(key, getattr(self, key))
         for case in self.cases:
             get_case(case)
         for name in self.objectives:
@@ -78,10 +91,14 @@ class EvalConfig:
     def __post_init__(self):
         if not self.nfe or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.nfe):
             raise ValueError(f"nfe must be a list of positive ints, got {self.nfe!r}")
+        _no_duplicates("nfe", self.nfe)
         for name in ("n_noise", "w2_samples", "field_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise ValueError(f"{name} must be an int >= 2, got {value!r}")
+        if self.w2_samples > self.n_noise:
+            raise ValueError(f"w2_samples ({self.w2_samples}) must be <= n_noise ({self.n_noise}): W2 is computed on "
+                             "the first w2_samples of the n_noise samples")
 
 
 @dataclass(frozen=True)
@@ -192,8 +209,7 @@ def _section(file, name, table, base, label=None):
         raise ValueError(f"{file}: [{label}]: {err}") from err
 
 
-def load_study(name_or_path, preset: str | None = None) -> Study:
-    """Read ``studies/NAME.toml`` (or a path) and apply ``[presets.PRESET]``."""
+def _study_file(name_or_path) -> Path:
     path = Path(name_or_path)
     if path.suffix != ".toml":
         files = study_files()
@@ -206,10 +222,42 @@ def load_study(name_or_path, preset: str | None = None) -> Study:
     if not path.is_file():
         known = ", ".join(list_studies()) or "none"
         raise ValueError(f"no study {name_or_path!r} (looked for {path}); known studies: {known}")
+    return path
+
+
+def _read(path: Path) -> dict:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: not valid TOML: {err}") from err
+    presets = data.get("presets", {})
+    if not isinstance(presets, dict) or not all(isinstance(v, dict) for v in presets.values()):
+        raise ValueError(f"{path}: [presets] must hold one table per preset, e.g. [presets.quick.train]")
+    return data
+
+
+def study_presets(name_or_path) -> list[str]:
+    """The names of a study's presets (``[presets.NAME]``)."""
+    return list(_read(_study_file(name_or_path)).get("presets", {}))
+
+
+def load_study(name_or_path, preset: str | None = None) -> Study:
+    """Read ``studies/NAME.toml`` (or a path) and apply ``[presets.PRESET]`` (``None``: as written).
+
+    Every key of the file is validated, those of every preset included (not only the
+    one applied), before anything is run or written."""
+    path = _study_file(name_or_path)
+    data = _read(path)
+    presets = data.get("presets", {})
+    if preset is not None and preset not in presets:
+        raise ValueError(f"{path}: no preset {preset!r}; presets: {', '.join(presets) or 'none'}")
+    for other in presets:
+        if other != preset:
+            _resolve(path, data, other)
+    return _resolve(path, data, preset)
+
+
+def _resolve(path: Path, data: dict, preset: str | None) -> Study:
     unknown = set(data) - set(SECTIONS) - set(OPTION_FIELDS) - {"presets", "overrides"}
     if unknown:
         raise ValueError(
@@ -272,9 +320,18 @@ def with_objectives(study: Study, names) -> Study:
 def check_runs(study: Study, file="study") -> None:
     """Every run's configuration is valid (objective and network options included): a
     mistake is found when the study is loaded, before any file is written."""
+    from mfverify.cases import get_case
+    from mfverify.train import build_model, resolve_device
+
+    built = set()
     for objective in study.study.objectives:
         try:
-            study.run_config(study.study.cases[0], objective, 0)
+            cfg = study.run_config(study.study.cases[0], objective, 0)
+            key = (cfg.network, cfg.network_options)
+            if key not in built:  # option values too (time_inputs = "foo"): a tiny build
+                build_model(cfg, get_case(cfg.case).d)
+                built.add(key)
+            resolve_device(cfg.device)  # device = "cuda" without CUDA
         except (ValueError, TypeError) as err:
             raise ValueError(f"{file}: the runs of objective {objective!r}: {err}") from err
 

@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -203,11 +204,27 @@ def run_one(study: Study, out: Path, case: str, objective: str, seed: int, progr
     return record
 
 
-def _worker_init(modules=()):
+def _worker_init(modules=(), parent=None):
     torch.set_num_threads(1)
+    if parent is not None:
+        _die_with_parent(parent)
     # a spawned worker knows only what it imports: the modules that registered outside
     # objectives, networks and cases in the parent register them here too
     import_modules(modules)
+
+
+def _die_with_parent(parent: int, every: float = 1.0) -> None:
+    """A worker whose parent is gone (killed with -9, say) exits instead of running on:
+    a daemon thread watches for the worker's reparenting."""
+    import threading
+
+    def watch():
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(every)
+
+    threading.Thread(target=watch, name="mfverify-parent-watch", daemon=True).start()
 
 
 def registered_modules() -> list[str]:
@@ -225,16 +242,144 @@ def _job(args):
 def run_study(
     study: Study, out, jobs: int = 1, progress: bool = True, resume: bool = False, stop_after=None, start_method=None
 ) -> Path:
-    out = Path(out)
-    config_text = to_toml(study, header=f"resolved configuration of study {study.study.name} ({study.source})")
-    if (out / "config.toml").exists():
-        if not resume:
-            raise ValueError(f"{out} already holds a study; use --resume {out} to continue it")
-        if (out / "config.toml").read_text() != config_text:
-            raise ValueError(f"{out}/config.toml differs from the study being resumed; resume with the same settings")
-    write_text(out / "config.toml", config_text)
-    write_text(out / "env.json", json.dumps(environment(study), indent=1))
+    """Run ``study`` into the folder ``out`` (created); ``resume`` continues a study there.
 
+    Before anything is written the study is validated, ``out`` is checked (a folder
+    that is not empty must hold this same study) and locked against a second
+    writer (``.lock``, the owner's pid; a lock left by a dead process is taken over).
+    """
+    from mfverify.study.config import check_runs
+
+    out = Path(out)
+    check_runs(study, study.source or "study")
+    config_text = to_toml(study, header=f"resolved configuration of study {study.study.name} ({study.source})")
+    _check_out(out, config_text, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    with StudyLock(out):
+        _check_out(out, config_text, resume)  # again, now that no one else writes here
+        remove_stale_temporaries(out)
+        if not (out / "config.toml").exists():
+            write_text(out / "config.toml", config_text)
+        record_environment(out, environment(study))
+        _run_locked(study, out, jobs, progress, stop_after, start_method)
+    return out
+
+
+def _check_out(out: Path, config_text: str, resume: bool) -> None:
+    """``out`` is absent, empty, or (with ``resume``) a study of this very configuration."""
+    if not out.exists():
+        if resume:
+            raise ValueError(f"--resume {out}: no such folder")
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder")
+    entries = [p.name for p in out.iterdir() if p.name != ".lock"]
+    if not entries:
+        return
+    config = out / "config.toml"
+    if not config.exists():
+        raise ValueError(f"{out} is not empty and holds no study ({', '.join(sorted(entries)[:5])}"
+                         f"{', ...' if len(entries) > 5 else ''}): refusing to write into it; choose another --out")
+    if not resume:
+        raise ValueError(f"{out} already holds a study; use --resume {out} to continue it")
+    old = config.read_text()
+    if _settings(old) != _settings(config_text):  # the header comment names the source file: not a setting
+        raise ValueError(f"{out}/config.toml differs from the study being resumed ({_first_difference(old, config_text)}); "
+                         "resume with the same settings")
+
+
+def _first_difference(old: str, new: str) -> str:
+    """The first differing setting, as ``[section] key: old -> new``."""
+    section = ""
+    olds, news = _settings(old), _settings(new)
+    for i in range(max(len(olds), len(news))):
+        a = olds[i] if i < len(olds) else "(nothing)"
+        b = news[i] if i < len(news) else "(nothing)"
+        if a.startswith("["):
+            section = a
+        if a != b:
+            return f"{section} {a} (in the folder) vs {b} (now)".strip()
+    return "no line differs"
+
+
+def _settings(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+class StudyLock:
+    """An advisory lock on an output folder: ``.lock`` holding the owner's pid, created
+    exclusively; a lock whose process is gone is stale and taken over."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / ".lock"
+        self.held = False
+
+    def __enter__(self):
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = _lock_owner(self.path)
+                if pid is not None and _alive(pid):
+                    raise ValueError(f"{self.path.parent} is in use by another study (pid {pid}, {self.path}); "
+                                     "wait for it to finish, or remove the lock if that process is gone") from None
+                self.path.unlink(missing_ok=True)  # stale: its owner died
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self.held = True
+            return self
+        raise ValueError(f"could not lock {self.path.parent}")
+
+    def __exit__(self, *exc):
+        if self.held and _lock_owner(self.path) == os.getpid():
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+
+def _lock_owner(path: Path):
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Remove what an interrupted atomic write leaves: ``.NAME.*.tmp`` (``mfverify.io``),
+    in a folder this process has locked."""
+    for tmp in out.rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
+def record_environment(out: Path, env: dict) -> None:
+    """``env.json`` is the environment of the first run; a resume in another environment adds
+    ``env-2.json``, ``env-3.json``, ... and never rewrites an earlier one."""
+    first = out / "env.json"
+    if not first.exists():
+        write_text(first, json.dumps(env, indent=1))
+        return
+    files = [first] + sorted(out.glob("env-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+    same = lambda p: {k: v for k, v in json.loads(p.read_text()).items() if k != "recorded"} == {  # noqa: E731
+        k: v for k, v in env.items() if k != "recorded"}
+    if any(same(p) for p in files):
+        return
+    write_text(out / f"env-{len(files) + 1}.json", json.dumps(env, indent=1))
+
+
+def _run_locked(study, out, jobs, progress, stop_after, start_method):
     cases = list(study.study.cases)
     for i, case in enumerate(tqdm(cases, desc="exact maps", disable=not progress, leave=False)):
         prepare_truth(study, out, i, case)
@@ -270,7 +415,7 @@ def run_study(
             start_method = "spawn" if gpu else "fork"
         context = multiprocessing.get_context(start_method)
         with ProcessPoolExecutor(
-            max_workers=jobs, initializer=_worker_init, initargs=(registered_modules(),), mp_context=context
+            max_workers=jobs, initializer=_worker_init, initargs=(registered_modules(), os.getpid()), mp_context=context
         ) as pool:
             futures = [pool.submit(_job, (study, out, *run)) for run in todo]
             for f in as_completed(futures):
@@ -278,7 +423,6 @@ def run_study(
                 bar.update()
     bar.close()
     assemble(study, out)
-    return out
 
 
 def assemble(study: Study, out: Path) -> None:
@@ -350,6 +494,22 @@ def summary(study: Study, rows, records) -> str:
     return "\n".join(lines) + "\n"
 
 
+# environment variables that change which CPU kernels run, hence the trained numbers' bits
+NUMERIC_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _version(module: str):
     try:
         return __import__(module).__version__
@@ -373,6 +533,9 @@ def environment(study: Study) -> dict:
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "numeric_env": {k: os.environ.get(k) for k in NUMERIC_ENV},
         "mfverify": mfverify.__version__,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
