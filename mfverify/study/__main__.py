@@ -13,7 +13,7 @@ from mfverify.study.config import check_runs, list_studies, load_study, study_pr
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mfverify.study", description=__doc__)
-    parser.add_argument("name", nargs="?", help="a study in studies/ (see --list)")
+    parser.add_argument("name", nargs="?", help="a study name (see --list) or the path of a study TOML file")
     parser.add_argument("--list", action="store_true", help="list the studies and exit")
     parser.add_argument("--preset", help="a preset of the study, e.g. quick | default | paper "
                         "(default: 'default' where the study has one, else the study as written)")

@@ -1,4 +1,4 @@
-"""Study configuration: TOML files in ``studies/`` <-> frozen dataclasses, one to one.
+"""Study configuration: TOML files (``mfverify/studies/``, ``./studies/``) <-> frozen dataclasses, one to one.
 
 A study file has three sections, each mapped onto a dataclass::
 
@@ -123,12 +123,16 @@ class Study:
 SECTIONS = {"study": StudySpec, "train": TrainConfig, "eval": EvalConfig}
 
 
-def studies_dir() -> Path:
-    """``$MFVERIFY_STUDIES``, else ``./studies``, else the repository's ``studies/``."""
+BUILTIN_STUDIES = Path(__file__).resolve().parents[1] / "studies"  # shipped inside the package
+
+
+def studies_dirs() -> list[Path]:
+    """Where studies are found, later ones shadowing earlier ones: the package's own
+    (``mfverify/studies``), the current folder's ``studies/``, and ``$MFVERIFY_STUDIES``."""
+    dirs = [BUILTIN_STUDIES, Path.cwd() / "studies"]
     if "MFVERIFY_STUDIES" in os.environ:
-        return Path(os.environ["MFVERIFY_STUDIES"])
-    here = Path.cwd() / "studies"
-    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "studies"
+        dirs.append(Path(os.environ["MFVERIFY_STUDIES"]))
+    return [d for d in dirs if d.is_dir()]
 
 
 def _as_study_file(obj, name: str) -> Path:
@@ -142,14 +146,14 @@ def _as_study_file(obj, name: str) -> Path:
 
 
 studies = Registry("study", "mfverify.studies", wrap=_as_study_file)
-"""Studies by name: the files of ``studies_dir()``, and those registered with
+"""Studies by name: the files of ``studies_dirs()``, and those registered with
 ``studies.register("name", "path/to/study.toml")``, a ``"package.module:attr"`` string
 naming such a path, or an entry point in the group ``mfverify.studies``."""
 
 
 def study_files() -> dict[str, Path]:
-    """Every known study: the files of ``studies_dir()``, then registered ones."""
-    out = {path.stem: path for path in sorted(studies_dir().glob("*.toml"))}
+    """Every known study: the files of ``studies_dirs()``, then registered ones."""
+    out = {path.stem: path for d in studies_dirs() for path in sorted(d.glob("*.toml"))}
     for name in studies.names():
         out.setdefault(name, studies.get(name))
     return out
@@ -218,7 +222,9 @@ def _study_file(name_or_path) -> Path:
         elif ":" in str(name_or_path):
             path = studies.get(str(name_or_path))
         else:
-            path = studies_dir() / f"{name_or_path}.toml"
+            where = ", ".join(str(d) for d in studies_dirs())
+            raise ValueError(f"no study {name_or_path!r} (looked in {where}); known studies: "
+                             f"{', '.join(files) or 'none'}")
     if not path.is_file():
         known = ", ".join(list_studies()) or "none"
         raise ValueError(f"no study {name_or_path!r} (looked for {path}); known studies: {known}")
