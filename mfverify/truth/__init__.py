@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from mfverify.truth import gaussian, ode, quantile
-from mfverify.truth.fields import moments_raw, posterior_raw, score_raw, velocity_raw
+from mfverify.truth.fields import SMALL_T, moments_raw, posterior_raw, score_raw, small_t_fields, velocity_raw
 from mfverify.truth.inputs import as_points, as_times, prepare
 from mfverify.truth.solver import SolverStats
 
@@ -57,19 +57,35 @@ QUANTILE_MIN_INTERVAL = 1e-2
 def velocity(mixture, x, t) -> torch.Tensor:
     """``v(x, t) = E[x1 - x0 | x_t = x]`` (n, d) (MATH.md §3)."""
     x, t, _ = prepare(mixture, x, t, need_density=True)
-    return velocity_raw(mixture, x, t)
+    return _near_zero(mixture, x, t, velocity_raw(mixture, x, t), 1, "velocity")
 
 
 def score(mixture, x, t) -> torch.Tensor:
-    """``grad_x log p_t(x)`` (n, d)."""
+    """``grad_x log p_t(x)`` (n, d); a clear error where it exceeds float64 (``~1/t^2`` near a Dirac)."""
     x, t, _ = prepare(mixture, x, t, need_density=True)
-    return score_raw(mixture, x, t)
+    return _near_zero(mixture, x, t, score_raw(mixture, x, t), 2, "score")
 
 
 def posterior_weights(mixture, x, t) -> torch.Tensor:
     """``pi_k(x, t)`` (n, K); for a ``ProductMixture`` per coordinate, (n, d, K_max)."""
     x, t, _ = prepare(mixture, x, t, need_density=True)
-    return posterior_raw(mixture, x, t)
+    return _near_zero(mixture, x, t, posterior_raw(mixture, x, t), 0, "posterior weights")
+
+
+def _near_zero(mixture, x, t, value, which, what):
+    """Rows with ``0 < t < fields.SMALL_T`` recomputed in the form that does not underflow
+    (``t = 0`` has no small factor to lose, and keeps its bits)."""
+    small = (t < SMALL_T) & (t > 0)
+    if not bool(small.any()):
+        return value
+    scaled = small_t_fields(mixture, x[small], t[small])[which]
+    if not bool(torch.isfinite(scaled).all()):
+        i = int(torch.nonzero(~torch.isfinite(scaled).reshape(scaled.shape[0], -1).all(1))[0])
+        raise ValueError(f"the {what} at t = {t[small][i].item():.3g} is not representable in float64 "
+                         f"(near a zero-width component it grows like 1/t^{which})")
+    value = value.clone()
+    value[small] = scaled
+    return value
 
 
 def conditional_moments(mixture, x, t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +197,19 @@ def _average_velocity(mixture, x, r, t, tangent, method, rtol, atol):
     if method == "closed_form":
         return _closed_form(mixture, x, r, t, tangent)
     if method == "ode":
-        return ode.average_velocity(mixture, x, r, t, rtol=rtol, atol=atol, tangent=tangent)
+        # u(x, t, t) = v(x, t) in closed form where t is too small for the solver's own field
+        edge = (r == t) & (t < SMALL_T) & (t > 0)
+        if not bool(edge.any()):
+            return ode.average_velocity(mixture, x, r, t, rtol=rtol, atol=atol, tangent=tangent)
+        u = torch.empty_like(x)
+        du = None if tangent is None else torch.empty_like(tangent[0])
+        _fill(u, du, edge, *_closed_at_t(mixture, x, t, tangent, edge))
+        rest = ~edge
+        if bool(rest.any()):
+            sub = None if tangent is None else tuple(a[rest] for a in tangent)
+            _fill(u, du, rest, *ode.average_velocity(mixture, x[rest], r[rest], t[rest], rtol=rtol, atol=atol,
+                                                     tangent=sub))
+        return u, du
     # quantile; by default short intervals go to the ODE (forced: every point by quantiles)
     short = (t - r) < QUANTILE_MIN_INTERVAL
     u = torch.empty_like(x)
@@ -223,7 +251,7 @@ def _closed_form(mixture, x, r, t, tangent):
 def _closed_at_t(mixture, x, t, tangent, mask):
     """``u(x, t, t) = v(x, t)``; its tangent is ``J_x v dx + d_t v dt + (1/2)(J_x v . v + d_t v)(dr - dt)``."""
     xm, tm = x[mask], t[mask]
-    v = velocity_raw(mixture, xm, tm)
+    v = _near_zero(mixture, xm, tm, velocity_raw(mixture, xm, tm), 1, "velocity")
     if tangent is None:
         return v, None
     # d_r u at r = t equals (1/2) dv/dt along the flow (Taylor expansion of u in t - r)

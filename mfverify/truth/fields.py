@@ -197,6 +197,67 @@ def pm_moments(pm: ProductMixture, x: torch.Tensor, t: torch.Tensor):
     return mean, torch.diag_embed(var)
 
 
+# ------------------------------------------------- the singular edge, t -> 0
+
+# below this t the products above lose to underflow where a covariance is (near) zero:
+# c = t^2 underflows for t < 1e-154, and Y^2 / c becomes 0 / 0
+SMALL_T = 1e-100
+
+
+def gm_fields_scaled(gm: GaussianMixture, x: torch.Tensor, t: torch.Tensor):
+    """``(pi, v, score)`` in a form that does not underflow as ``t -> 0``: with the
+    component std ``s = sqrt(c) = hypot(t, (1-t) sqrt(lam))`` and ``Z = Y / s``,
+    ``log N = -(|Z|^2 + 2 sum log s + d log 2 pi) / 2``, ``v = sum pi [Q ((t - (1-t) lam)/s) Z - mu]``,
+    ``score = -sum pi Q Z / s``. The same quantities as above, finite wherever they are
+    representable (the score grows like ``1/t^2`` for a Dirac mixture)."""
+    T = gm.tensors(x.device)
+    d = x.shape[1]
+    tc = t[:, None]
+    Y = torch.addmm(T["muQ"] * (tc - 1), x, T["Qcat"])
+    s = torch.hypot(tc.expand_as(Y), (1 - tc) * T["lam"].sqrt())
+    Z = Y / s
+    logits = T["log_w"] - _component_sum(s.log(), d) - _half_square_shifted(_norm(Z.view(Z.shape[0], -1, d)))
+    pi = torch.softmax(logits, dim=-1)
+    pe = _expand(pi, d)
+    a = (tc - (1 - tc) * T["lam"]) / s
+    v = (pe * a * Z) @ T["QcatT"] - pi @ T["mu"]
+    score = -((pe * (Z / s)) @ T["QcatT"])
+    return pi, v, score
+
+
+def pm_fields_scaled(pm: ProductMixture, x: torch.Tensor, t: torch.Tensor):
+    """``gm_fields_scaled`` coordinate by coordinate."""
+    T = pm.tensors(x.device)
+    tc = t[:, None, None]
+    y = x[:, :, None] - (1 - tc) * T["mu"]
+    s = torch.hypot(tc.expand_as(y), (1 - tc) * T["var"].sqrt())
+    z = y / s
+    logits = T["log_w"] - s.log() - _half_square_shifted(z.abs())
+    pi = torch.softmax(logits, dim=-1)
+    v = (pi * ((tc - (1 - tc) * T["var"]) / s * z - T["mu"])).sum(-1)
+    score = -(pi * z / s).sum(-1)
+    return pi, v, score
+
+
+def _norm(Z: torch.Tensor) -> torch.Tensor:
+    """``|Z|`` over the last axis without overflowing in the squares (scaled by the largest entry)."""
+    m = Z.abs().amax(-1, keepdim=True).clamp_min(1e-300)
+    return m[..., 0] * (Z / m).square().sum(-1).sqrt()
+
+
+def _half_square_shifted(n: torch.Tensor) -> torch.Tensor:
+    """``(n^2 - min_k n^2) / 2`` over the last axis (components), as ``(n - n_min)(n + n_min) / 2``:
+    the softmax over components is unchanged by the shift, and the nearest component's term
+    is 0 where ``n^2`` itself would overflow (``|x - mu| / t`` near a Dirac mixture)."""
+    n_min = n.amin(-1, keepdim=True)
+    return 0.5 * (n - n_min) * (n + n_min)
+
+
+def small_t_fields(mixture, x, t):
+    """``(pi, v, score)`` at small ``t`` (rows with ``t < SMALL_T``)."""
+    return _pick(mixture, gm_fields_scaled, pm_fields_scaled)(mixture, x, t)
+
+
 # ------------------------------------------------------------- dispatchers
 
 

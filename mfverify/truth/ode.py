@@ -15,10 +15,10 @@ Derivatives (the variational equation, integrated with the flow): a tangent
 ``d(dz)/ds = J_x v . dy + d_t v . dtau`` (a forward-mode JVP of the closed-form
 velocity). The tangents share the primal's error control.
 
-Dirac mixtures at ``r = 0``: ``v`` is singular at ``tau = 0``. Once the
-posterior is one-hot to round-off the flow is the straight line to that data
-point, so the solve stops at a small ``r'`` where the posterior has saturated
-and ``u = (x - mu_k) / t`` exactly.
+Dirac mixtures at ``r = 0`` or near it (``r < 1e-12``): ``v`` is singular at
+``tau = 0``. Once the posterior is one-hot to round-off the flow is the straight
+line to that data point, so the solve stops at a small ``r' > r`` where the
+posterior has saturated and follows the line from there exactly.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from mfverify.truth import kernel, solver
-from mfverify.truth.fields import posterior_raw, velocity_jvp_raw, velocity_raw
+from mfverify.truth.fields import SMALL_T, posterior_raw, small_t_fields, velocity_jvp_raw, velocity_raw
 from mfverify.cases import GaussianMixture
 
 CHUNK = 16384  # points per solve: bounded memory for any n
@@ -81,6 +81,10 @@ def _kernel_applies(mixture, x) -> bool:
 def _snap_targets(mixture, y, tau):
     """Data point each ``y`` flows to, and whether its posterior at ``tau`` is saturated."""
     pi = posterior_raw(mixture, y, tau)
+    small = (tau < SMALL_T) & (tau > 0)
+    if bool(small.any()):  # the form that does not underflow as tau -> 0
+        pi = pi.clone()
+        pi[small] = small_t_fields(mixture, y[small], tau[small])[0]
     best = pi.argmax(-1)
     T = mixture.tensors(y.device)
     if isinstance(mixture, GaussianMixture):
@@ -89,8 +93,16 @@ def _snap_targets(mixture, y, tau):
     return target, (pi.amax(-1) >= _SATURATED).all(-1)
 
 
-def _dirac_to_zero(mixture, x, t, tangent, rtol, atol, stats):
-    """``u(x, 0, t)`` (and its tangent) for a Dirac mixture, exactly on the data point reached."""
+def _dirac_to_zero(mixture, x, r, t, tangent, rtol, atol, stats):
+    """``u(x, r, t)`` (and its tangent) for a Dirac mixture and ``r`` at or near 0.
+
+    The ODE is solved down to an ``r' > r`` where the posterior of the point reached,
+    ``phi'``, has saturated on one data point ``mu_k``; from there the trajectory is the
+    straight line ``Phi(r) = mu_k + (r / r') (phi' - mu_k)`` exactly (``v = (y - mu_k) / tau``),
+    so no step comes near the singularity at ``tau = 0``. With a tangent, ``dPhi = (r / r')
+    dphi' + (phi' - mu_k) / r' dr``; ``dphi'`` (a tangent solve to ``r'``) is needed only where
+    ``r > 0``.
+    """
     n, d = x.shape
     u = torch.empty_like(x)
     du = None if tangent is None else torch.empty_like(tangent[0])
@@ -99,28 +111,46 @@ def _dirac_to_zero(mixture, x, t, tangent, rtol, atol, stats):
     while todo.numel() > 0:
         if r_prime < 1e-15:
             raise RuntimeError(f"posterior did not saturate for {todo.numel()} points of a Dirac mixture")
-        xs, ts = x[todo], t[todo]
+        xs, ts, r0 = x[todo], t[todo], r[todo]
         rs = torch.minimum(ts, torch.full_like(ts, r_prime))
-        us, _ = _solve(mixture, xs, rs, ts, None, rtol, atol, stats)
+        us = torch.zeros_like(xs)  # where t <= r' the point is already at r' = t: nothing to solve
+        move = rs < ts
+        if bool(move.any()):
+            us[move] = _solve(mixture, xs[move], rs[move], ts[move], None, rtol, atol, stats)[0]
         phi = xs - (ts - rs)[:, None] * us
         target, ok = _snap_targets(mixture, phi, rs)
+        ok = ok & (r0 < rs)  # r' must lie above r
         idx = todo[ok]
-        u_ok = (xs[ok] - target[ok]) / ts[ok, None]
+        line = (phi[ok] - target[ok]) / rs[ok, None]  # d Phi / d r on the straight segment
+        rr, h = r0[ok, None], (ts[ok] - r0[ok])[:, None]
+        end = target[ok] + rr * line
+        u_ok = (xs[ok] - end) / h
         u[idx] = u_ok
         if tangent is not None:
             dx, dr, dt = (a[idx] for a in tangent)
-            line = (phi[ok] - target[ok]) / rs[ok, None]  # d Phi / d r on the straight segment
-            tt = ts[ok, None, None]
-            du[idx] = (dx - line[:, None, :] * dr[..., None]) / tt - u_ok[:, None, :] * (dt - dr)[..., None] / tt
+            dend = line[:, None, :] * dr[..., None]
+            far = r0[ok] > 0
+            if bool(far.any()):  # the part of dPhi that moves with phi': zero at r = 0
+                xf, tf, rf = xs[ok][far], ts[ok][far], rs[ok][far]
+                tg = (dx[far], torch.zeros_like(dr[far]), dt[far])
+                uf, duf = _solve(mixture, xf, rf, tf, tg, rtol, atol, stats)
+                dphi = dx[far] - dt[far][..., None] * uf[:, None, :] - (tf - rf)[:, None, None] * duf
+                dend[far] = dend[far] + (r0[ok][far] / rf)[:, None, None] * dphi
+            du[idx] = (dx - dend) / h[..., None] - u_ok[:, None, :] * ((dt - dr) / h)[..., None]
         todo = todo[~ok]
         r_prime *= 1e-3
     return u, du
 
 
+# below this r a Dirac mixture's solve goes by the straight last segment (_dirac_to_zero):
+# the ODE would step into v ~ 1/tau and lose the point (NaN for r <= 1e-17)
+_R_DIRAC = 1e-12
+
+
 def average_velocity(mixture, x, r, t, *, rtol, atol, tangent=None, stats=None):
     """``u(x, r, t)`` (n, d) and, for ``tangent = (dx (n,m,d), dr (n,m), dt (n,m))``, ``du`` (n, m, d)."""
     n, d = x.shape
-    snap = (r == 0) & (t > 0) if mixture.is_dirac else torch.zeros_like(r, dtype=torch.bool)
+    snap = (r < _R_DIRAC) & (t > r) if mixture.is_dirac else torch.zeros_like(r, dtype=torch.bool)
     if mixture.is_singular and not mixture.is_dirac and bool(((r == 0) & (t > 0)).any()):
         raise ValueError(
             "r = 0 is not supported by the ODE route for a mixture whose covariances are singular "
@@ -140,7 +170,7 @@ def average_velocity(mixture, x, r, t, *, rtol, atol, tangent=None, stats=None):
             if route == "ode":
                 um, dum = _solve(mixture, xs[mask], rs[mask], ts[mask], tg_m, rtol, atol, stats)
             else:
-                um, dum = _dirac_to_zero(mixture, xs[mask], ts[mask], tg_m, rtol, atol, stats)
+                um, dum = _dirac_to_zero(mixture, xs[mask], rs[mask], ts[mask], tg_m, rtol, atol, stats)
             idx = torch.arange(start, min(start + CHUNK, n), device=x.device)[mask]
             u[idx] = um
             if du is not None:
