@@ -185,3 +185,13 @@ def _alive(pid):
     except OSError:
         return False
     return state != "Z"  # a zombie has exited; init reaps it
+
+
+def test_list_shows_the_current_folders_studies_and_the_built_in_ones(tmp_path, monkeypatch, capsys):
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "mine.toml").write_text("# my own study\n" + TINY)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "mine" in out and "my own study" in out and "objectives_compare" in out
+    assert load_study("mine").study.name == "tiny"
