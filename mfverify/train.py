@@ -235,8 +235,17 @@ def save_checkpoint(path, cfg: TrainConfig, result: TrainResult):
 def load_checkpoint(path, map_location="cpu"):
     """``(cfg, model, ema)`` from ``save_checkpoint``'s file."""
     blob = torch.load(path, map_location=map_location, weights_only=False)
+    config = dict(blob["config"])
+    # checkpoints written before networks had their own options kept the MLP's in the config
+    legacy = {"width": "width", "depth": "depth", "time_inputs": "time_inputs", "time_max_freq": "max_freq"}
+    moved = {new: config.pop(old) for old, new in legacy.items() if old in config}
+    if moved:
+        config["network_options"] = {**moved, **dict(config.get("network_options", ()))}
     known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in blob["config"].items() if k in known})
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"{path}: the checkpoint's config has keys this version does not know: {unknown}")
+    cfg = TrainConfig(**config)
     d = get_case(cfg.case).d
     model, ema = build_model(cfg, d), build_model(cfg, d)
     model.load_state_dict(blob["model"])

@@ -102,3 +102,18 @@ def test_an_objective_that_needs_the_truth_gets_the_mixture():
         assert len(result.losses) == 3 and all(m.K == 8 for m in seen)  # ring8, on every step
     finally:
         objectives.registry.unregister("fm_oracle_test")
+
+
+def test_a_checkpoint_from_before_network_options_loads_its_own_network(tmp_path):
+    cfg = TrainConfig(**SMALL)
+    result = train(cfg, progress=False)
+    save_checkpoint(tmp_path / "c.pt", cfg, result)
+    blob = torch.load(tmp_path / "c.pt", weights_only=False)
+    config = {k: v for k, v in blob["config"].items() if k not in ("network", "network_options", "objective_options")}
+    blob["config"] = {**config, "width": 16, "depth": 2, "time_inputs": "t,t-r", "time_max_freq": 64.0}
+    torch.save(blob, tmp_path / "old.pt")
+    cfg2, _, ema = load_checkpoint(tmp_path / "old.pt")
+    assert dict(cfg2.network_options) == {"width": 16, "depth": 2, "time_inputs": "t,t-r", "max_freq": 64.0}
+    x = torch.randn(3, 2, dtype=torch.float32)
+    r, t = torch.zeros(3, dtype=torch.float32), torch.full((3,), 0.5, dtype=torch.float32)
+    assert torch.equal(ema(x, r, t), result.ema(x, r, t))
