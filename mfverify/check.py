@@ -169,9 +169,13 @@ def _value_and_grad(loss_fn, model, x0, x1, r, t, w, seed):
     torch.manual_seed(seed)  # a loss that draws (lambda ~ U(0, 1), say) draws the same each call
     loss = loss_fn(model, x0, x1, r, t)
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad((w * loss).sum(), params, allow_unused=True)
-    flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
-    return loss.detach(), flat
+    return loss.detach(), _flat_grad((w * loss).sum(), params)
+
+
+def _flat_grad(value, params) -> torch.Tensor:
+    """The gradient of ``value`` as one vector (zeros for parameters it does not reach)."""
+    grads = torch.autograd.grad(value, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
 
 
 def _fit_factor(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -339,22 +343,18 @@ def check_weighting(loss: _Loss, seed, n_samples: int, progress) -> CheckResult:
 def check_scm_relation(loss: _Loss, batches, seed) -> CheckResult:
     mf = objectives.get("mf")
     res = []
-    ks = []
     for i, (model, x0, x1, _, t, _w) in enumerate(batches):
         r = torch.zeros_like(t)
         params = list(model.parameters())
         for j in range(t.shape[0]):
             sl = slice(j, j + 1)
             torch.manual_seed(seed + i)
-            g = torch.autograd.grad(loss(model, x0[sl], x1[sl], r[sl], t[sl]).sum(), params, allow_unused=True)
-            gm = torch.autograd.grad(mf(model, x0[sl], x1[sl], r[sl], t[sl]).sum(), params, allow_unused=True)
-            flat = lambda gs: torch.cat([(a if a is not None else torch.zeros_like(p)).flatten()  # noqa: E731
-                                         for a, p in zip(gs, params)])
-            res.append((flat(g), 0.5 * float(t[j]) * flat(gm)))
+            g = _flat_grad(loss(model, x0[sl], x1[sl], r[sl], t[sl]).sum(), params)
+            gm = _flat_grad(mf(model, x0[sl], x1[sl], r[sl], t[sl]).sum(), params)
+            res.append((g, 0.5 * float(t[j]) * gm))
     a = torch.cat([p for p, _ in res])
     b = torch.cat([q for _, q in res])
     k, residual = _fit_factor(a, b)
-    ks.append(k)
     passed = residual <= EQUAL_RTOL and k > 0
     rule = f"per sample at r = 0: grad L = k (t/2) grad L_mf to {EQUAL_RTOL:g} of its size, one k > 0"
     return CheckResult("scm_relation", passed, residual, rule, details={"factor": k})

@@ -80,7 +80,7 @@ class Registry:
         def add(target):
             if name in self._entries and not replace:
                 raise ValueError(f"{self.kind} {name!r} is registered already; pass replace=True to replace it")
-            entry = self._wrap(target, name, **properties) if properties else self._wrap(target, name)
+            entry = self._wrap(target, name, **properties)
             self._entries[name] = entry
             module = getattr(target, "__module__", None)
             if module and module != "__main__" and not module.startswith("mfverify."):
