@@ -19,10 +19,15 @@ class _SiluTangent(torch.autograd.Function):
     ``silu'(h) = s (1 + h (1 - s))``, ``silu''(h) = s (1 - s) (2 + h (1 - 2 s))``, ``s = sigmoid(h)``.
     """
 
+    generate_vmap_rule = True  # vmap-safe: an ensemble (mfverify.ensemble) maps it over members
+
     @staticmethod
-    def forward(ctx, dh, h):
-        ctx.save_for_backward(dh, h)
+    def forward(dh, h):
         return torch.ops.aten.silu_backward(dh, h)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, grad):

@@ -131,8 +131,17 @@ class Objective:
 
     def __call__(self, model, x0, x1, r, t, **options) -> torch.Tensor:
         """Per-sample loss (n,): inputs checked, the model's output shape checked, weighting applied."""
+        return self._loss(model, x0, x1, r, t, options, check_values=True)
+
+    def per_sample(self, model, x0, x1, r, t, **options) -> torch.Tensor:
+        """``__call__`` for batches whose values are known good (``mfverify.train`` checks
+        its batches on the CPU when it draws them): types and shapes are checked, the
+        values are not, so a step reads nothing back from a GPU."""
+        return self._loss(model, x0, x1, r, t, options, check_values=False)
+
+    def _loss(self, model, x0, x1, r, t, options, check_values: bool) -> torch.Tensor:
         options = self.resolve_options(options)
-        x0, x1, r, t = check_batch(x0, x1, r, t)
+        x0, x1, r, t = check_batch(x0, x1, r, t, values=check_values)
         p = options.pop("p", 0.0) if self.weighting else 0.0
         c = options.pop("c", None) if self.weighting else None
         loss = self.loss(_CheckedModel(model), x0, x1, r, t, **options)
@@ -226,26 +235,38 @@ def get(objective) -> Objective:
 # ------------------------------------------------------------ input checks
 
 
-def check_batch(x0, x1, r, t):
-    """``(x0, x1, r, t)`` checked: float tensors, finite, ``x (n, d)``, ``r, t (n,)``, ``0 <= r <= t <= 1``."""
+def check_batch(x0, x1, r, t, values: bool = True):
+    """``(x0, x1, r, t)`` checked: float tensors, ``x (n, d)``, ``r, t (n,)``, and (``values``)
+    finite with ``0 <= r <= t <= 1`` (one host read when all is well)."""
     for name, a in (("x0", x0), ("x1", x1), ("r", r), ("t", t)):
         if not isinstance(a, torch.Tensor):
             raise TypeError(f"{name} must be a torch tensor, got {type(a).__name__}")
         if not a.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {a.dtype}")
-        if not torch.isfinite(a).all():
-            raise ValueError(f"{name} must be finite")
     if x0.ndim != 2 or x0.shape != x1.shape:
         raise ValueError(f"x0 and x1 must both have shape (n, d), got {tuple(x0.shape)} and {tuple(x1.shape)}")
     n = x0.shape[0]
     if r.shape != (n,) or t.shape != (n,):
         raise ValueError(f"r and t must have shape ({n},), got {tuple(r.shape)} and {tuple(t.shape)}")
+    if values:
+        check_batch_values(x0, x1, r, t)
+    return x0, x1, r, t
+
+
+def check_batch_values(x0, x1, r, t) -> None:
+    """Finite, ``0 <= r <= t <= 1``: one combined test read back, the details only on failure."""
+    bad = torch.stack([~torch.isfinite(x0).all(), ~torch.isfinite(x1).all(), ~torch.isfinite(r).all(),
+                       ~torch.isfinite(t).all(), ((t < 0) | (t > 1) | (r < 0) | (r > 1) | (r > t)).any()])
+    if not bad.any():
+        return
+    for name, a in (("x0", x0), ("x1", x1), ("r", r), ("t", t)):
+        if not torch.isfinite(a).all():
+            raise ValueError(f"{name} must be finite")
     if ((t < 0) | (t > 1)).any() or ((r < 0) | (r > 1)).any():
         raise ValueError("r and t must lie in [0, 1]")
     if (r > t).any():
         i = int((r > t).nonzero()[0])
         raise ValueError(f"r must be <= t, found r={r[i].item()!r} > t={t[i].item()!r} at index {i}")
-    return x0, x1, r, t
 
 
 class _CheckedModel:

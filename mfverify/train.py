@@ -160,7 +160,10 @@ def _batches(cfg: TrainConfig, mixture, g: torch.Generator, device, dtype):
                 cfg.batch, cfg.time_sampler, cfg.time_mean, cfg.time_std, cfg.frac_r_eq_t, g, dtype=torch.float64
             )
             draws.append((x0, x1, r, t))
-        chunk = [torch.stack(parts).to(device=device, dtype=dtype) for parts in zip(*draws)]
+        stacked = [torch.stack(parts) for parts in zip(*draws)]
+        # checked here, on the CPU, a chunk at a time: the objective then reads nothing back per step
+        objectives.check_batch_values(*(a.flatten(0, 1) if a.ndim == 3 else a.flatten() for a in stacked))
+        chunk = [a.to(device=device, dtype=dtype) for a in stacked]
         yield from zip(*chunk)
 
 
@@ -193,7 +196,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     start = time.perf_counter()
     bar = tqdm(total=cfg.steps, desc=f"{cfg.case}/{cfg.objective}/seed{cfg.seed}", disable=not progress, leave=False)
     for step, (x0, x1, r, t) in enumerate(_batches(cfg, mixture, g, device, dtype)):
-        loss = objective(model, x0, x1, r, t, **objective.options_at(step, cfg.steps, options)).mean()
+        loss = objective.per_sample(model, x0, x1, r, t, **objective.options_at(step, cfg.steps, options)).mean()
         pending.append(loss.detach())
         if len(pending) == check_every or step == cfg.steps - 1:
             values = torch.stack(pending).tolist()

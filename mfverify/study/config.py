@@ -87,18 +87,47 @@ class EvalConfig:
     noise_seed: int = 12345
     w2_samples: int = 1024  # exact OT on the first w2_samples samples
     field_samples: int = 1024  # points (x_t, r, t) for the field error
+    # figures: the samples grid shows the first sample_points noise samples (all if fewer)
+    # at the NFEs sample_nfe (empty: those of 1, 2, 16 in nfe, else the smallest and largest)
+    sample_nfe: tuple = ()
+    sample_points: int = 1000
+    # the field-error heatmap: (r, t) on the nodes i/field_grid, r <= t, t > 0, with
+    # field_grid_samples points x_t ~ p_t at each
+    field_grid: int = 8
+    field_grid_samples: int = 256
 
     def __post_init__(self):
-        if not self.nfe or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.nfe):
-            raise ValueError(f"nfe must be a list of positive ints, got {self.nfe!r}")
-        _no_duplicates("nfe", self.nfe)
-        for name in ("n_noise", "w2_samples", "field_samples"):
+        for key in ("nfe", "sample_nfe"):
+            values = getattr(self, key)
+            if (key == "nfe" and not values) or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in values):
+                raise ValueError(f"{key} must be a list of positive ints, got {values!r}")
+            _no_duplicates(key, values)
+        missing = [n for n in self.sample_nfe if n not in self.nfe]
+        if missing:
+            raise ValueError(f"sample_nfe must be a subset of nfe {list(self.nfe)}, got {list(self.sample_nfe)} "
+                             f"({', '.join(map(str, missing))} not in nfe)")
+        for name in ("n_noise", "w2_samples", "field_samples", "sample_points", "field_grid_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise ValueError(f"{name} must be an int >= 2, got {value!r}")
+        if isinstance(self.field_grid, bool) or not isinstance(self.field_grid, int) or not 1 <= self.field_grid <= 64:
+            raise ValueError(f"field_grid must be an int in [1, 64] (the number of t nodes), got {self.field_grid!r}")
         if self.w2_samples > self.n_noise:
             raise ValueError(f"w2_samples ({self.w2_samples}) must be <= n_noise ({self.n_noise}): W2 is computed on "
                              "the first w2_samples of the n_noise samples")
+
+    def figure_nfe(self) -> tuple:
+        """The NFEs of the samples figure: ``sample_nfe``, or by default those of
+        (1, 2, 16) in ``nfe`` (the smallest and largest if none is)."""
+        if self.sample_nfe:
+            return tuple(self.sample_nfe)
+        chosen = tuple(n for n in (1, 2, 16) if n in self.nfe)
+        return chosen or tuple(sorted({min(self.nfe), max(self.nfe)}))
+
+    def field_nodes(self) -> list[tuple[float, float]]:
+        """``(r, t)`` of the field-error grid: t = j/n for j = 1..n, r = i/n for i = 0..j."""
+        n = self.field_grid
+        return [(i / n, j / n) for j in range(1, n + 1) for i in range(j + 1)]
 
 
 @dataclass(frozen=True)

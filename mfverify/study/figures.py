@@ -1,87 +1,364 @@
-"""Figures: one function per figure, data in, ``matplotlib.figure.Figure`` out.
+"""Figures of a study, drawn from its figure tables (CSV) alone.
 
-The study saves each figure as PDF (for papers) and PNG (for a quick look), with
-the numbers behind it in a CSV of the same name.
+    python -m mfverify.study.figures DIR [--style STYLE] [--format pdf,png]
+
+redraws every figure of the finished study in ``DIR`` from the CSVs that
+``mfverify.study.tables`` wrote there, without training or truth; the study itself
+draws them the same way. One function per figure, table in,
+``matplotlib.figure.Figure`` out:
+
+- ``error_vs_nfe``: the flow-map error against NFE in two panels (trained
+  objectives; baselines and ``fm`` used as a velocity field) and the one-step
+  errors as a labelled bar chart;
+- ``samples_grid``: one row per method, one column per NFE, each panel the
+  generated samples over the true density, with thin segments from a few hundred
+  samples to their exact images ``Phi(x1, 1 -> 0)`` (the same noise in every panel);
+- ``field_error_maps``: per trained objective, the relative field error
+  ``E|u_theta - u|^2 / E|u|^2`` on a grid of ``(r, t)``, ``r <= t``.
+
+Colours are the Okabe-Ito colour-blind-safe set (objectives) and greys (exact
+baselines); a model baseline takes its objective's colour; every method also has
+its own marker. To restyle for a paper, pass a matplotlib style (``--style``) or
+call these functions on the tables (``mfverify.study.tables.read_csv``).
 """
 
 from __future__ import annotations
 
-import csv
+import argparse
 import io
+import math
+import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from mfverify.io import write_bytes, write_text  # noqa: E402
+from mfverify.io import write_bytes  # noqa: E402
+from mfverify.study.tables import read_csv  # noqa: E402
 
-BASELINE_STYLE = {"linestyle": "--", "marker": "s", "markersize": 3}
-MODEL_STYLE = {"linestyle": "-", "marker": "o", "markersize": 3}
+# Okabe & Ito (2008), black left out (the exact baselines use it); yellow darkened to read on white
+OBJECTIVE_COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#E69F00", "#B8A100"]
+OBJECTIVE_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "h", "<", ">"]
+EXACT_COLORS = ["#000000", "#555555", "#999999"]
+EXACT_MARKERS = ["*", "d", "p"]
+MODEL_BASELINE_LINES = [("--", ">"), (":", "<"), ("-.", "1")]
+SEGMENTS = 300  # samples joined to their exact image in each samples panel
+FORMATS = ("pdf", "png")
 
 
-def error_vs_nfe(rows, case: str, study, metric: str = "flow_map_mean") -> tuple[Figure, list[dict]]:
-    """Log-log ``metric`` against NFE, one line per method (mean over seeds, band min-max)."""
-    sub = [r for r in rows if r["case"] == case and r["metric"] == metric]
-    methods = [m for m in list(study.study.objectives) + list(study.study.baselines) if any(r["method"] == m for r in sub)]
-    fig, ax = plt.subplots(figsize=(6.5, 4.0), constrained_layout=True)
-    table = []
-    # exact_u sits at round-off (~1e-13): drawn, it would flatten every other curve;
-    # it is named in the legend with its largest error instead
-    finite = [float(r["value"]) for r in sub if r["method"] != "exact_u" and float(r["value"]) > 0]
-    y_floor = 0.3 * min(finite) if finite else 1e-16
-    palette = plt.get_cmap("tab10")
-    baseline_colors = iter(["black", "dimgray", "darkgray", "goldenrod", "teal", "navy", "maroon"])  # not in tab10
-    model_index = 0
-    colors = {}
-    for m in methods:
-        if m in study.study.baselines:
-            colors[m] = next(baseline_colors, "gray")
-        else:
-            colors[m] = palette(model_index % 10)
-            model_index += 1
-    for m in methods:
-        nfes = sorted({int(r["nfe"]) for r in sub if r["method"] == m})
-        mean, lo, hi = [], [], []
-        for n in nfes:
-            vals = [float(r["value"]) for r in sub if r["method"] == m and int(r["nfe"]) == n]
-            mean.append(sum(vals) / len(vals))
-            lo.append(min(vals))
-            hi.append(max(vals))
-            table.append({"case": case, "method": m, "nfe": n, "metric": metric, "mean": mean[-1],
-                          "min": lo[-1], "max": hi[-1], "seeds": len(vals)})
-        baseline = m in study.study.baselines
-        style = BASELINE_STYLE if baseline else MODEL_STYLE
-        if m == "exact_u" and max(hi) < y_floor:
-            ax.plot([], [], label=f"exact_u (max {max(hi):.1e}, below the axis)", color=colors[m], **style)
+# ------------------------------------------------------------------ styles
+
+
+def styles(table) -> dict:
+    """``{method: {color, marker, linestyle}}`` for the methods of a table (its
+    ``group``, ``source`` and ``index`` columns decide; the same in every figure)."""
+    objectives = {r["method"]: int(r["index"]) for r in table if r.get("group", "objective") == "objective"}
+    out, exact, model = {}, 0, 0
+    for r in table:
+        m = r["method"]
+        if m in out:
             continue
-        ax.plot(nfes, mean, label=m, color=colors[m], **style)
-        if len(nfes) and max(h - l_ for h, l_ in zip(hi, lo)) > 0:
-            ax.fill_between(nfes, lo, hi, color=colors[m], alpha=0.2)
-    ax.set_xscale("log", base=2)
+        i = int(r["index"])
+        if r.get("group", "objective") == "objective":
+            out[m] = {"color": OBJECTIVE_COLORS[i % len(OBJECTIVE_COLORS)],
+                      "marker": OBJECTIVE_MARKERS[i % len(OBJECTIVE_MARKERS)], "linestyle": "-"}
+        elif r.get("source"):
+            j = objectives.get(r["source"])
+            line, marker = MODEL_BASELINE_LINES[model % len(MODEL_BASELINE_LINES)]
+            model += 1
+            color = OBJECTIVE_COLORS[j % len(OBJECTIVE_COLORS)] if j is not None else "#777777"
+            out[m] = {"color": color, "marker": marker, "linestyle": line}
+        else:
+            out[m] = {"color": EXACT_COLORS[exact % len(EXACT_COLORS)],
+                      "marker": EXACT_MARKERS[exact % len(EXACT_MARKERS)], "linestyle": "--"}
+            exact += 1
+    return out
+
+
+def _methods(table) -> list[str]:
+    seen = []
+    for r in table:
+        if r["method"] not in seen:
+            seen.append(r["method"])
+    return seen
+
+
+# ------------------------------------------------------------ error vs NFE
+
+
+def error_vs_nfe(table) -> Figure:
+    """Two panels of mean error against NFE (band: min-max over seeds), a shared
+    log axis, and the NFE-1 errors as bars (error bars: min-max)."""
+    if not table:
+        raise ValueError("error_vs_nfe: the table is empty")
+    style = styles(table)
+    methods = _methods(table)
+    group = {r["method"]: r.get("group", "objective") for r in table}
+    source = {r["method"]: r.get("source", "") for r in table}
+    values = [float(r["mean"]) for r in table if r["method"] != "exact_u" and _positive(r["mean"])]
+    y_floor = 0.3 * min(values) if values else 1e-16
+    fig = plt.figure(figsize=(13.0, 4.6), layout="constrained")
+    grid = fig.add_gridspec(1, 3, width_ratios=[1.0, 1.0, 0.95])
+    ax_obj = fig.add_subplot(grid[0])
+    ax_base = fig.add_subplot(grid[1], sharey=ax_obj)
+    ax_bar = fig.add_subplot(grid[2])
+    for m in methods:
+        ax = ax_obj if group[m] == "objective" else ax_base
+        rows = sorted((r for r in table if r["method"] == m), key=lambda r: int(r["nfe"]))
+        nfe = [int(r["nfe"]) for r in rows]
+        mean, lo, hi = ([float(r[k]) for r in rows] for k in ("mean", "min", "max"))
+        s = style[m]
+        label = m if not source[m] else f"{m} ({source[m]} as a velocity field)"
+        if m == "exact_u" and max(hi) < y_floor:  # round-off (~1e-13): drawn, it would flatten the rest
+            ax.plot([], [], label=f"exact_u (max {max(hi):.1e}, below the axis)", markersize=4, **s)
+            continue
+        ax.plot(nfe, mean, label=label, markersize=4, linewidth=1.4, **s)
+        if max(h - l_ for h, l_ in zip(hi, lo)) > 0:
+            ax.fill_between(nfe, lo, hi, color=s["color"], alpha=0.15, linewidth=0)
+    metric = table[0].get("metric", "flow_map_mean")
+    for ax, title in ((ax_obj, "trained objectives (average velocity)"), (ax_base, "baselines")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE (network or field evaluations per sample)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    ax_obj.set_ylim(bottom=y_floor)
+    ax_obj.set_ylabel(r"mean $|x_{gen} - \Phi(x_1, 1\to 0)|$" if metric == "flow_map_mean" else metric)
+    _one_step_bars(ax_bar, table, methods, style, y_floor)
+    study, case = table[0].get("study", ""), table[0]["case"]
+    fig.suptitle(f"{study}: {case}" if study else case, fontsize=11)
+    return fig
+
+
+def _one_step_bars(ax, table, methods, style, y_floor):
+    ones = {r["method"]: r for r in table if int(r["nfe"]) == 1}
+    shown = [m for m in methods if m in ones]
+    for i, m in enumerate(shown):
+        r = ones[m]
+        mean, lo, hi = float(r["mean"]), float(r["min"]), float(r["max"])
+        baseline = r.get("group", "objective") != "objective"
+        if _positive(mean) and mean >= y_floor:
+            ax.bar(i, mean, color=style[m]["color"], alpha=0.85, hatch="//" if baseline else None,
+                   edgecolor="white" if baseline else style[m]["color"], linewidth=0.5)
+            if hi > lo:
+                ax.errorbar(i, mean, yerr=[[mean - lo], [hi - mean]], color="black", capsize=2, linewidth=0.8)
+            ax.text(i, hi * 1.3, f"{mean:.3g}", ha="center", va="bottom", fontsize=6.5, rotation=90)
+        else:  # zero (exact_u), below the axis, or not finite: the value as text
+            text = "0" if mean == 0 else (f"{mean:.1e}" if math.isfinite(mean) else str(mean))
+            ax.text(i, y_floor * 1.1, text, ha="center", va="bottom", fontsize=6.5, rotation=90)
     ax.set_yscale("log")
-    ax.set_xlabel("NFE (network or field evaluations per sample)")
-    ax.set_ylabel(r"mean flow-map error $|x_{gen} - \Phi(x_1, 1\to 0)|$ (data units)")
-    ax.set_title(f"{study.study.name}: {case}")
-    ax.set_ylim(bottom=y_floor)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return fig, table
+    ax.set_ylim(bottom=y_floor, top=max([float(ones[m]["max"]) for m in shown if _finite(ones[m]["max"])] + [y_floor]) * 6)
+    ax.set_xticks(range(len(shown)), shown, rotation=60, ha="right", fontsize=7)
+    ax.set_title("one step (NFE 1); hatched: baselines", fontsize=10)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
 
 
-def save_figure(fig: Figure, table: list[dict], stem) -> None:
-    """``stem.pdf``, ``stem.png`` and ``stem.csv``, each written atomically."""
+def _positive(value) -> bool:
+    v = float(value)
+    return math.isfinite(v) and v > 0
+
+
+def _finite(value) -> bool:
+    return math.isfinite(float(value))
+
+
+# ------------------------------------------------------------ samples grid
+
+
+def samples_grid(samples, density, segments: int = SEGMENTS) -> Figure:
+    """One row per method, one column per NFE: the samples over the true density's
+    contours, the first ``segments`` of them joined to their exact images."""
+    if not samples:
+        raise ValueError("samples_grid: the samples table is empty")
+    style = styles(samples)
+    methods = _methods(samples)
+    nfes = sorted({int(r["nfe"]) for r in samples})
+    by_panel = {}
+    for r in samples:
+        by_panel.setdefault((r["method"], int(r["nfe"])), []).append(r)
+    grid = [r for r in density if r["kind"] == "grid"]
+    atoms = [r for r in density if r["kind"] == "atom"]
+    xs = sorted({float(r["x"]) for r in grid})
+    ys = sorted({float(r["y"]) for r in grid})
+    Z = [[0.0] * len(xs) for _ in ys]
+    for k, r in enumerate(grid):  # row-major in y
+        Z[k // len(xs)][k % len(xs)] = float(r["value"])
+    zmax = max((max(row) for row in Z), default=0.0)
+    projection = density[0]["projection"] if density else "identity"
+    xlabel, ylabel = {"identity": ("$x_1$", "$x_2$"), "pca": ("PC 1", "PC 2"),
+                      "coordinates": ("coordinate a", "coordinate b")}.get(projection, ("", ""))
+    fig, axes = plt.subplots(len(methods), len(nfes), figsize=(1.75 * len(nfes) + 1.2, 1.75 * len(methods) + 0.8),
+                             squeeze=False, sharex=True, sharey=True, layout="constrained")
+    for i, m in enumerate(methods):
+        for j, n in enumerate(nfes):
+            ax = axes[i][j]
+            if zmax > 0:
+                levels = [zmax * f for f in (0.01, 0.05, 0.2, 0.5, 1.0001)]
+                ax.contourf(xs, ys, Z, levels=levels, cmap="Greys", alpha=0.55)
+            for a in atoms:
+                ax.plot(float(a["x"]), float(a["y"]), marker="+", color="black", markersize=5, linewidth=0)
+            ax.set_xlim(xs[0], xs[-1])
+            ax.set_ylim(ys[0], ys[-1])
+            ax.set_aspect("equal")
+            ax.tick_params(labelsize=6)
+            if i == 0:
+                ax.set_title(f"NFE {n}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{m}\n{ylabel}", fontsize=8)
+            if i == len(methods) - 1:
+                ax.set_xlabel(xlabel, fontsize=8)
+            rows = by_panel.get((m, n))
+            if not rows:
+                ax.text(0.5, 0.5, f"not run\nat NFE {n}", transform=ax.transAxes, ha="center", va="center",
+                        fontsize=7, color="#777777")
+                continue
+            color = style[m]["color"]
+            seg = [[(float(r["x"]), float(r["y"])), (float(r["phi_x"]), float(r["phi_y"]))] for r in rows[:segments]]
+            ax.add_collection(LineCollection(seg, colors=color, linewidths=0.35, alpha=0.45, rasterized=True))
+            ax.scatter([float(r["x"]) for r in rows], [float(r["y"]) for r in rows], s=0.8, color=color,
+                       linewidths=0, rasterized=True)
+            outside = sum(not (xs[0] <= float(r["x"]) <= xs[-1] and ys[0] <= float(r["y"]) <= ys[-1]) for r in rows)
+            err = [float(r["error"]) for r in rows]
+            note = f"err {sum(err) / len(err):.3g}" + (f"\n{outside} outside" if outside else "")
+            ax.text(0.03, 0.97, note, transform=ax.transAxes, ha="left", va="top", fontsize=6,
+                    bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1})
+    case = samples[0]["case"]
+    fig.suptitle(f"{case}: samples (seed 0) over the data density,\n"
+                 r"segments to their exact images $\Phi(x_1, 1\to 0)$" "\n"
+                 r"err: mean $|x_{gen} - \Phi|$ (all dimensions)", fontsize=8)
+    return fig
+
+
+# ------------------------------------------------------------ field error
+
+
+def field_error_maps(table) -> Figure:
+    """Per objective, the relative field error at each node (r, t) of the grid (log colour, shared)."""
+    if not table:
+        raise ValueError("field_error_maps: the table is empty")
+    methods = _methods(table)
+    ts = sorted({float(r["t"]) for r in table})
+    n = len(ts)
+    values = [float(r["relative"]) for r in table if _positive(r["relative"])]
+    norm = LogNorm(vmin=min(values), vmax=max(values)) if values else None
+    cols = min(4, len(methods))
+    rows_n = math.ceil(len(methods) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.1 * cols + 1.0, 3.0 * rows_n + 0.5), squeeze=False,
+                             layout="constrained")
+    t_edges = [(j + 0.5) / n for j in range(n + 1)]
+    r_edges = [(i - 0.5) / n for i in range(n + 2)]
+    mesh = None
+    for k, m in enumerate(methods):
+        ax = axes[k // cols][k % cols]
+        V = [[math.nan] * n for _ in range(n + 1)]
+        for r in (r for r in table if r["method"] == m):
+            i, j = round(float(r["r"]) * n), round(float(r["t"]) * n) - 1
+            V[i][j] = float(r["relative"])
+        ax.set_facecolor("#e6e6e6")
+        mesh = ax.pcolormesh(t_edges, r_edges, V, norm=norm, cmap="viridis", shading="flat")
+        if n <= 10:
+            for i in range(n + 1):
+                for j in range(n):
+                    if math.isfinite(V[i][j]):
+                        light = norm is not None and norm(V[i][j]) < 0.5
+                        ax.text((j + 1) / n, i / n, f"{V[i][j]:.2g}", ha="center", va="center", fontsize=5,
+                                color="white" if light else "black")
+        ax.plot([0, 1 + 0.5 / n], [0, 1 + 0.5 / n], color="white", linewidth=0.8, linestyle="--")
+        one = [float(r["relative"]) for r in table if r["method"] == m and float(r["r"]) == 0 and float(r["t"]) == 1]
+        ax.set_title(f"{m}" + (f": one step (0 -> 1) {one[0]:.2g}" if one else ""), fontsize=9)
+        ax.set_xlim(t_edges[0], t_edges[-1])
+        ax.set_ylim(r_edges[0], r_edges[-1])
+        ax.set_xlabel("t", fontsize=8)
+        ax.set_ylabel("r", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for k in range(len(methods), rows_n * cols):
+        axes[k // cols][k % cols].set_visible(False)
+    if mesh is not None and norm is not None:
+        fig.colorbar(mesh, ax=axes, shrink=0.6, aspect=30, label=r"$E|u_\theta - u|^2 / E|u|^2$ at $x_t \sim p_t$")
+    fig.suptitle(f"{table[0]['case']}: relative field error over (r, t), r <= t "
+                 "(grey: not trained there, or r > t)", fontsize=9)
+    return fig
+
+
+# ------------------------------------------------------------ files
+
+
+def save_figure(fig: Figure, stem, formats=FORMATS) -> None:
+    """``stem.pdf`` and ``stem.png`` (the formats asked for), each written atomically."""
     stem = Path(stem)
-    for fmt in ("pdf", "png"):
+    for fmt in formats:
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=150, metadata={"CreationDate": None} if fmt == "pdf" else None)
         write_bytes(stem.with_suffix(f".{fmt}"), buf.getvalue())
     plt.close(fig)
-    buf = io.StringIO()
-    if table:
-        writer = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(table)
-    write_text(stem.with_suffix(".csv"), buf.getvalue())
+
+
+def figure_tables(out) -> list[tuple[str, Path]]:
+    """``(kind, csv)`` of every figure table in a study folder."""
+    out = Path(out)
+    found = [("error_vs_nfe", p) for p in sorted(out.glob("error_vs_nfe_*.csv"))]
+    found += [("samples", p) for p in sorted(out.glob("samples_*.csv"))]
+    found += [("field_error", p) for p in sorted(out.glob("field_error_*.csv"))]
+    return found
+
+
+def build(out, style=None, formats=FORMATS) -> list[Path]:
+    """Draw every figure of the study folder ``out`` from its CSVs; returns the stems written."""
+    out = Path(out)
+    if not out.is_dir():
+        raise ValueError(f"{out}: no such folder")
+    tables = figure_tables(out)
+    if not tables:
+        raise ValueError(f"{out} holds no figure tables (error_vs_nfe_*.csv, samples_*.csv, field_error_*.csv): "
+                         "is it a finished study?")
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"formats must be among {', '.join(FORMATS)}, got {', '.join(bad)}")
+    written = []
+    with plt.style.context(style or "default"):
+        for kind, path in tables:
+            table = read_csv(path)
+            if not table:
+                continue
+            if kind == "error_vs_nfe":
+                fig = error_vs_nfe(table)
+            elif kind == "samples":
+                density_path = path.with_name("density_" + path.name[len("samples_"):])
+                if not density_path.exists():
+                    raise ValueError(f"{path} needs {density_path.name} beside it (the true density)")
+                fig = samples_grid(table, read_csv(density_path))
+            else:
+                fig = field_error_maps(table)
+            save_figure(fig, path.with_suffix(""), formats)
+            written.append(path.with_suffix(""))
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mfverify.study.figures",
+                                     description="Redraw every figure of a finished study from its CSVs.")
+    parser.add_argument("dir", help="the study's output folder")
+    parser.add_argument("--style", default=None, help="a matplotlib style name or .mplstyle file")
+    parser.add_argument("--format", default=",".join(FORMATS), help="comma-separated: pdf,png (default both)")
+    args = parser.parse_args(argv)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    if args.style is not None and args.style not in plt.style.available and not Path(args.style).is_file():
+        parser.error(f"--style: {args.style!r} is neither a matplotlib style ({', '.join(plt.style.available[:6])}, "
+                     "...) nor a file")
+    try:
+        written = build(args.dir, style=args.style, formats=formats)
+    except ValueError as err:
+        parser.error(str(err))
+    for stem in written:
+        print(f"{stem}.{{{','.join(formats)}}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,10 +4,14 @@ same noise, measure against the exact flow map, and write the tables and figures
 Output folder::
 
     config.toml  env.json  results.csv  runs.csv  summary.md
-    error_vs_nfe_<case>.pdf / .png / .csv
+    error_vs_nfe_<case>.pdf / .png / .csv     (mfverify.study.figures: figures; .tables: their CSVs)
+    samples_<case>.pdf / .png / .csv, density_<case>.csv
+    field_error_<case>.pdf / .png / .csv
     truth/<case>.pt                      noise x1 and exact Phi(x1, 1 -> 0)
-    runs/<case>/<objective>/seed<k>/     checkpoint.pt, rows.csv, run.json (written last)
-    runs/<case>/baselines/rows.csv
+    truth/field_grid/<case>.pt           the field-error grid's points and exact u
+    runs/<case>/<objective>/seed<k>/     checkpoint.pt, rows.csv, field_grid.csv, samples.pt (seed 0),
+                                         run.json (written last)
+    runs/<case>/baselines/rows.csv, samples.pt
 
 Every file is written atomically; a run whose ``run.json`` exists is finished and
 is not redone on ``--resume``.
@@ -70,6 +74,64 @@ def prepare_truth(study: Study, out: Path, case_index: int, case: str) -> None:
     save_torch(path, {"x1": x1, "phi": phi})
 
 
+def field_grid_path(out: Path, case: str) -> Path:
+    return out / "truth" / "field_grid" / f"{_slug(case)}.pt"
+
+
+def prepare_field_grid(study: Study, out: Path, case_index: int, case: str) -> None:
+    """Points of the field-error heatmap and the exact ``u`` there (once per case): at
+    each node ``(r, t)`` of ``EvalConfig.field_nodes``, ``field_grid_samples`` points
+    ``x_t = (1 - t) x0 + t eps`` with ``x0`` from the data."""
+    path = field_grid_path(out, case)
+    if path.exists():
+        return
+    mixture = get_case(case)
+    k = study.eval.field_grid_samples
+    nodes = torch.tensor(study.eval.field_nodes(), dtype=torch.float64)
+    g = torch.Generator().manual_seed(study.eval.noise_seed + 2000 + case_index)
+    r = nodes[:, 0].repeat_interleave(k)
+    t = nodes[:, 1].repeat_interleave(k)
+    x0 = mixture.sample(len(t), generator=g)
+    xt = (1 - t[:, None]) * x0 + t[:, None] * torch.randn(len(t), mixture.d, generator=g, dtype=torch.float64)
+    u = truth.average_velocity(mixture, xt, r, t)
+    save_torch(path, {"r": r, "t": t, "x": xt, "u": u, "samples": k})
+
+
+def field_grid_errors(u_theta, grid: dict, r0_only: bool = False) -> list[dict]:
+    """Per node: ``E|u_theta - u|^2`` and its ratio to ``E|u|^2`` over the node's points
+    (nodes with r > 0 are left out when the model is trained at r = 0 only)."""
+    k = int(grid["samples"])
+    out = []
+    with torch.no_grad():
+        err = (u_theta(grid["x"], grid["r"], grid["t"]).double() - grid["u"]).square().sum(1)
+    size = grid["u"].square().sum(1)
+    for j in range(0, len(err), k):
+        r, t = float(grid["r"][j]), float(grid["t"][j])
+        if r0_only and r != 0:
+            continue
+        e, s = err[j : j + k].mean().item(), size[j : j + k].mean().item()
+        out.append({"r": r, "t": t, "field_error": e, "u_sq": s, "relative": e / s if s > 0 else math.inf})
+    return out
+
+
+FIELD_COLUMNS = ["r", "t", "field_error", "u_sq", "relative"]
+
+
+def _write_table(path: Path, rows, columns) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+    write_text(path, buf.getvalue())
+
+
+def _keep_samples(store: dict, method: str, nfe: int, x: torch.Tensor, k: int) -> None:
+    store.setdefault("method", []).append(method)
+    store.setdefault("nfe", []).append(int(nfe))
+    store.setdefault("x", []).append(x[:k].double().cpu().clone())
+
+
 def _rows(study, case, method, seed, nfe, metrics):
     return [
         {"study": study, "case": case, "method": method, "seed": seed, "nfe": nfe, "metric": k, "value": v}
@@ -96,7 +158,8 @@ def _read_rows(path: Path):
 
 def run_baselines(study: Study, out: Path, case: str) -> None:
     path = out / "runs" / case / "baselines" / "rows.csv"
-    if path.exists():
+    samples_path = path.with_name("samples.pt")
+    if path.exists() and samples_path.exists():
         return
     mixture = get_case(case)
     blob = torch.load(truth_path(out, case), weights_only=True)
@@ -104,17 +167,23 @@ def run_baselines(study: Study, out: Path, case: str) -> None:
     name = study.study.name
     u = lambda x, r, t: truth.average_velocity(mixture, x, r, t)  # noqa: E731
     v = lambda x, t: truth.velocity(mixture, x, t)  # noqa: E731
-    rows = []
+    rows, samples = [], {}
+    shown, k = study.eval.figure_nfe(), study.eval.sample_points
+
+    def record(method, x, n):
+        nonlocal rows
+        rows += _rows(name, case, method, "", n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
+        if n in shown:
+            _keep_samples(samples, method, n, x, k)
+
     for nfe in study.eval.nfe:
         if "exact_u" in study.study.baselines:
-            x, n = average_velocity_sampler(u, x1, uniform_grid(nfe))
-            rows += _rows(name, case, "exact_u", "", n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
+            record("exact_u", *average_velocity_sampler(u, x1, uniform_grid(nfe)))
         if "exact_v_euler" in study.study.baselines:
-            x, n = euler(v, x1, uniform_grid(nfe))
-            rows += _rows(name, case, "exact_v_euler", "", n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
+            record("exact_v_euler", *euler(v, x1, uniform_grid(nfe)))
         if "exact_v_heun" in study.study.baselines and nfe % 2 == 0:
-            x, n = heun(v, x1, uniform_grid(nfe // 2))  # NFE = 2 per step
-            rows += _rows(name, case, "exact_v_heun", "", n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
+            record("exact_v_heun", *heun(v, x1, uniform_grid(nfe // 2)))  # NFE = 2 per step
+    save_torch(samples_path, samples)
     _write_rows(path, rows)
 
 
@@ -150,19 +219,24 @@ def evaluate(study: Study, out: Path, case: str, objective: str, seed: int, mode
     x1, phi = blob["x1"], blob["phi"]
     name = study.study.name
     u = _as_u(model, device, dtype)
-    rows = []
+    rows, samples = [], {}
+    shown, k = (study.eval.figure_nfe() if seed == 0 else ()), study.eval.sample_points
     r0_only = objectives.get(objective).trained_at_r0
     # trained at r = 0 only (scm): its multi-step use would query u(x, r > 0, t), never trained
     nfes = [1] if r0_only else list(study.eval.nfe)
     for nfe in nfes:
         x, n = average_velocity_sampler(u, x1, uniform_grid(nfe))
         rows += _rows(name, case, objective, seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
+        if n in shown:
+            _keep_samples(samples, objective, n, x, k)
     v = model_as_velocity(u)
     for nfe in study.eval.nfe:
         for baseline, (source, per_step) in MODEL_BASELINES.items():
             if source == objective and baseline in study.study.baselines and nfe % per_step == 0:
                 x, n = _SAMPLERS[baseline](v, x1, uniform_grid(nfe // per_step))
                 rows += _rows(name, case, baseline, seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
+                if n in shown:
+                    _keep_samples(samples, baseline, n, x, k)
     # field error E|u_theta - u|^2 over x_t ~ p_t, (r, t) from the training time law
     g = torch.Generator().manual_seed(study.eval.noise_seed + 1000 + seed)
     k = study.eval.field_samples
@@ -173,7 +247,8 @@ def evaluate(study: Study, out: Path, case: str, objective: str, seed: int, mode
     x0 = mixture.sample(k, generator=g)
     xt = (1 - t[:, None]) * x0 + t[:, None] * torch.randn(k, mixture.d, generator=g, dtype=torch.float64)
     rows += _rows(name, case, objective, seed, 0, {"field_error": field_error(u, mixture, xt, r, t)})
-    return rows
+    grid = torch.load(field_grid_path(out, case), weights_only=True)
+    return rows, samples, field_grid_errors(u, grid, r0_only)
 
 
 def run_one(study: Study, out: Path, case: str, objective: str, seed: int, progress: bool) -> dict:
@@ -187,7 +262,13 @@ def run_one(study: Study, out: Path, case: str, objective: str, seed: int, progr
         torch.set_num_threads(1)
     result = train(cfg, progress=progress)
     save_checkpoint(folder / "checkpoint.pt", cfg, result)
-    rows = [] if result.diverged_step is not None else evaluate(study, out, case, objective, seed, result.ema, device, dtype)
+    if result.diverged_step is not None:
+        rows, samples, field = [], {}, []
+    else:
+        rows, samples, field = evaluate(study, out, case, objective, seed, result.ema, device, dtype)
+    if samples:
+        save_torch(folder / "samples.pt", samples)
+    _write_table(folder / "field_grid.csv", field, FIELD_COLUMNS)
     _write_rows(folder / "rows.csv", rows)
     record = {
         "study": study.study.name,
@@ -383,6 +464,7 @@ def _run_locked(study, out, jobs, progress, stop_after, start_method):
     cases = list(study.study.cases)
     for i, case in enumerate(tqdm(cases, desc="exact maps", disable=not progress, leave=False)):
         prepare_truth(study, out, i, case)
+        prepare_field_grid(study, out, i, case)
     for case in tqdm(cases, desc="baselines", disable=not progress, leave=False):
         run_baselines(study, out, case)
 
@@ -427,7 +509,8 @@ def _run_locked(study, out, jobs, progress, stop_after, start_method):
 
 def assemble(study: Study, out: Path) -> None:
     """results.csv, runs.csv, summary.md and the figures from the per-run files."""
-    from mfverify.study.figures import error_vs_nfe, save_figure
+    from mfverify.study.figures import build
+    from mfverify.study.tables import write_tables
 
     rows = []
     for case in study.study.cases:
@@ -453,10 +536,28 @@ def assemble(study: Study, out: Path) -> None:
     writer.writerows(records)
     write_text(out / "runs.csv", buf.getvalue())
 
-    write_text(out / "summary.md", summary(study, rows, records))
-    for case in study.study.cases:
-        fig, table = error_vs_nfe(rows, case, study)
-        save_figure(fig, table, out / f"error_vs_nfe_{case}")
+    write_tables(study, out, rows)
+    build(out)  # the figures from the tables just written: as `python -m mfverify.study.figures` draws them
+    write_text(out / "summary.md", summary(study, rows, records, out))
+
+
+FIGURE_CAPTIONS = {
+    "error_vs_nfe": "flow-map error against NFE: trained objectives, baselines, one-step errors",
+    "samples": "seed-0 samples at a few NFEs over the data density, joined to their exact images",
+    "field_error": "relative field error E|u_theta - u|^2 / E|u|^2 over (r, t)",
+}
+
+
+def _figure_links(out, case) -> list[str]:
+    """Markdown image links to the case's figures that exist in ``out``."""
+    if out is None:
+        return []
+    lines = []
+    for kind, caption in FIGURE_CAPTIONS.items():
+        name = f"{kind}_{_slug(case)}.png"
+        if (Path(out) / name).exists():
+            lines += [f"![{case}: {caption}]({name})", ""]
+    return lines
 
 
 def _mean_std(values):
@@ -465,7 +566,7 @@ def _mean_std(values):
     return m, s
 
 
-def summary(study: Study, rows, records) -> str:
+def summary(study: Study, rows, records, out: Path | None = None) -> str:
     lines = [f"# {study.study.name}", "", f"Seeds: {study.study.seeds}. Mean ± std over seeds "
              "(the exact_* baselines are deterministic). Metric: flow_map_mean = mean |x_gen - Phi(x1, 1 -> 0)|; "
              "Heun's NFE is 2 per step; scm is trained at r = 0 only, so it is reported at NFE 1.", ""]
@@ -486,6 +587,7 @@ def summary(study: Study, rows, records) -> str:
                 cells.append(f"{mean:.3g}" if m in study.study.baselines and m.startswith("exact") else f"{mean:.3g} ± {std:.2g}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _figure_links(out, case)
     lines += ["## Training runs", "", "| case | objective | seed | steps | wall s | final loss | diverged at |",
               "|---|---|---|---|---|---|---|"]
     for rec in records:

@@ -1,0 +1,228 @@
+"""The figure tables of a study: the numbers behind every figure, one CSV each.
+
+``write_tables(study, out)`` builds them from the per-run files of a finished study
+(``runs/``, ``truth/``); ``mfverify.study.figures.build(out)`` draws every figure from
+these CSVs alone, so a figure can be restyled without training or truth.
+
+``error_vs_nfe_<case>.csv``
+    study, case, method, group, source, index, nfe, metric, mean, min, max, seeds:
+    the flow-map error of each method at each NFE over the seeds.
+``samples_<case>.csv``
+    case, method, group, source, index, nfe, i, x, y, phi_x, phi_y, error: the first
+    ``sample_points`` generated samples of seed 0 and their exact images
+    ``Phi(x1, 1 -> 0)`` in two plotting coordinates, with the full-dimensional
+    ``|x_gen - Phi|`` of each sample (2-D cases and above).
+``density_<case>.csv``
+    case, projection, kind, x, y, value: the true data density in those coordinates
+    (``kind = grid``: a 160 x 160 grid, row-major in y; ``kind = atom``: a component
+    too narrow for the grid, with its weight). ``projection`` is ``identity`` for
+    d = 2, ``pca`` for d > 2 (the two leading principal directions of the data),
+    ``coordinates`` for a product mixture (its two coordinates of largest variance).
+``field_error_<case>.csv``
+    case, method, index, r, t, relative, field_error, u_sq, seeds: the field error
+    ``E|u_theta - u|^2`` and its ratio to ``E|u|^2`` at each node (r, t) of the grid,
+    mean over seeds.
+
+Columns shared by the tables: ``group`` is ``objective`` (a trained objective used as
+an average-velocity model) or ``baseline``; ``source`` is the objective a model
+baseline is made from (``fm`` for ``fm_euler``); ``index`` is the method's position
+in the study's objective or baseline list (the figures colour by it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import torch
+
+from mfverify.cases import GaussianMixture, ProductMixture, get_case
+from mfverify.io import write_text
+
+DENSITY_GRID = 160
+
+
+def _methods(study):
+    """``(method, group, source, index)`` for every objective and baseline of the study, in order."""
+    from mfverify.study.config import MODEL_BASELINES
+
+    out = [(m, "objective", "", i) for i, m in enumerate(study.study.objectives)]
+    out += [(b, "baseline", MODEL_BASELINES.get(b, ("",))[0], i) for i, b in enumerate(study.study.baselines)]
+    return out
+
+
+def error_vs_nfe_table(rows, case: str, study, metric: str = "flow_map_mean") -> list[dict]:
+    sub = [r for r in rows if r["case"] == case and r["metric"] == metric]
+    table = []
+    for method, group, source, index in _methods(study):
+        mine = [r for r in sub if r["method"] == method]
+        for n in sorted({int(r["nfe"]) for r in mine}):
+            vals = [float(r["value"]) for r in mine if int(r["nfe"]) == n]
+            table.append({"study": study.study.name, "case": case, "method": method, "group": group, "source": source,
+                          "index": index, "nfe": n, "metric": metric, "mean": sum(vals) / len(vals),
+                          "min": min(vals), "max": max(vals), "seeds": len(vals)})
+    return table
+
+
+def plotting_frame(mixture):
+    """``(origin, P, projection)``: plotting coordinates ``(x - origin) @ P`` (P is d x 2)."""
+    d = mixture.d
+    if d == 2:
+        return torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64), "identity"
+    if isinstance(mixture, ProductMixture):
+        var = torch.tensor([_moments(f)[1][0, 0].item() for f in mixture.factors], dtype=torch.float64)
+        order = sorted(range(d), key=lambda j: (-var[j].item(), j))[:2]
+        P = torch.zeros(d, 2, dtype=torch.float64)
+        P[order[0], 0] = P[order[1], 1] = 1.0
+        return torch.zeros(d, dtype=torch.float64), P, "coordinates"
+    mean, cov = _moments(mixture)
+    lam, Q = torch.linalg.eigh(cov)
+    P = Q[:, [-1, -2]].clone()
+    for k in range(2):  # a deterministic sign: the largest entry positive
+        if P[P[:, k].abs().argmax(), k] < 0:
+            P[:, k] = -P[:, k]
+    return mean, P, "pca"
+
+
+def _moments(mixture: GaussianMixture):
+    w, mu, S = mixture.weights, mixture.means, mixture.covs
+    mean = (w[:, None] * mu).sum(0)
+    dev = mu - mean
+    cov = (w[:, None, None] * (S + dev[:, :, None] * dev[:, None, :])).sum(0)
+    return mean, cov
+
+
+def _projected_components(mixture, origin, P):
+    """Weights, means (K, 2) and covariances (K, 2, 2) of the data law in plotting coordinates."""
+    if isinstance(mixture, ProductMixture):
+        cols = [int(P[:, k].argmax()) for k in range(2)]
+        fa, fb = mixture.factors[cols[0]], mixture.factors[cols[1]]
+        w = (fa.weights[:, None] * fb.weights[None, :]).reshape(-1)
+        mu = torch.stack([fa.means[:, 0].repeat_interleave(fb.K), fb.means[:, 0].repeat(fa.K)], dim=1)
+        var = torch.stack([fa.covs[:, 0, 0].repeat_interleave(fb.K), fb.covs[:, 0, 0].repeat(fa.K)], dim=1)
+        return w, mu, torch.diag_embed(var)
+    mu = (mixture.means - origin) @ P
+    S = P.T @ mixture.covs @ P
+    return mixture.weights, mu, S
+
+
+def density_table(mixture, case, origin, P, projection, lo, hi) -> list[dict]:
+    w, mu, S = _projected_components(mixture, origin, P)
+    n = DENSITY_GRID
+    xs = torch.linspace(lo[0], hi[0], n, dtype=torch.float64)
+    ys = torch.linspace(lo[1], hi[1], n, dtype=torch.float64)
+    cell = min((hi[0] - lo[0]) / n, (hi[1] - lo[1]) / n)
+    Y, X = torch.meshgrid(ys, xs, indexing="ij")
+    pts = torch.stack([X.reshape(-1), Y.reshape(-1)], dim=1)
+    dens = torch.zeros(len(pts), dtype=torch.float64)
+    atoms = []
+    for k in range(len(w)):
+        if torch.linalg.eigvalsh(S[k]).min() < (0.5 * cell) ** 2:  # narrower than the grid: a marker
+            atoms.append({"case": case, "projection": projection, "kind": "atom", "x": mu[k, 0].item(),
+                          "y": mu[k, 1].item(), "value": w[k].item()})
+            continue
+        dist = torch.distributions.MultivariateNormal(mu[k], covariance_matrix=S[k])
+        dens += w[k] * dist.log_prob(pts).exp()
+    grid = [{"case": case, "projection": projection, "kind": "grid", "x": p[0].item(), "y": p[1].item(),
+             "value": v.item()} for p, v in zip(pts, dens)]
+    return grid + atoms
+
+
+def samples_tables(study, out: Path, case: str):
+    """``(samples, density)`` tables of a case, or ``(None, None)`` for 1-D data."""
+    from mfverify.study.runner import run_dir, truth_path
+
+    mixture = get_case(case)
+    if mixture.d < 2:
+        return None, None
+    origin, P, projection = plotting_frame(mixture)
+    k = study.eval.sample_points
+    phi = torch.load(truth_path(out, case), weights_only=True)["phi"][:k]
+    sources = {"objective": {}, "baseline": {}}
+    base = out / "runs" / case / "baselines" / "samples.pt"
+    if base.exists():
+        sources["baseline"] = _by_method(torch.load(base, weights_only=True))
+    for obj in study.study.objectives:
+        path = run_dir(out, case, obj, 0) / "samples.pt"
+        if path.exists():
+            for (m, n), x in _by_method(torch.load(path, weights_only=True)).items():
+                sources["objective" if m == obj else "baseline"][(m, n)] = x
+    phi2 = (phi - origin) @ P
+    table = []
+    for method, group, source, index in _methods(study):
+        for n in study.eval.figure_nfe():
+            x = sources[group].get((method, n))
+            if x is None:
+                continue
+            x2 = (x - origin) @ P
+            err = (x - phi[: len(x)]).norm(dim=1)
+            for i in range(len(x)):
+                table.append({"case": case, "method": method, "group": group, "source": source, "index": index,
+                              "nfe": n, "i": i, "x": x2[i, 0].item(), "y": x2[i, 1].item(),
+                              "phi_x": phi2[i, 0].item(), "phi_y": phi2[i, 1].item(), "error": err[i].item()})
+    # the frame: where the exact images lie, padded (samples far outside are counted, not shown)
+    lo, hi = phi2.min(0).values, phi2.max(0).values
+    pad = 0.15 * (hi - lo).max()
+    lo, hi = (lo - pad).tolist(), (hi + pad).tolist()
+    return table, density_table(mixture, case, origin, P, projection, lo, hi)
+
+
+def _by_method(blob) -> dict:
+    return {(m, int(n)): x for m, n, x in zip(blob.get("method", []), blob.get("nfe", []), blob.get("x", []))}
+
+
+def field_error_table(study, out: Path, case: str) -> list[dict]:
+    from mfverify.study.runner import run_dir
+
+    table = []
+    for index, obj in enumerate(study.study.objectives):
+        cells = {}
+        for seed in range(study.study.seeds):
+            path = run_dir(out, case, obj, seed) / "field_grid.csv"
+            if not path.exists():
+                continue
+            for row in read_csv(path):
+                cells.setdefault((float(row["r"]), float(row["t"])), []).append(row)
+        for (r, t), group in cells.items():
+            mean = lambda key: sum(float(g[key]) for g in group) / len(group)  # noqa: E731
+            table.append({"case": case, "method": obj, "index": index, "r": r, "t": t, "relative": mean("relative"),
+                          "field_error": mean("field_error"), "u_sq": mean("u_sq"), "seeds": len(group)})
+    return table
+
+
+def write_csv(path: Path, table: list[dict], columns=None) -> None:
+    """A table as CSV, floats written by ``repr`` (they read back bit for bit), atomically."""
+    buf = io.StringIO()
+    columns = columns or (list(table[0]) if table else [])
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in table:
+        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+    write_text(path, buf.getvalue())
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_tables(study, out: Path, rows) -> None:
+    """Every figure table of a finished study (``rows``: its results)."""
+    from mfverify.study.runner import _slug
+
+    for case in study.study.cases:
+        slug = _slug(case)
+        write_csv(out / f"error_vs_nfe_{slug}.csv", error_vs_nfe_table(rows, case, study))
+        samples, density = samples_tables(study, out, case)
+        if samples is not None:
+            write_csv(out / f"samples_{slug}.csv", samples)
+            write_csv(out / f"density_{slug}.csv", density)
+        field = field_error_table(study, out, case)
+        if field:
+            write_csv(out / f"field_error_{slug}.csv", field)
+
+
+def finite(value) -> bool:
+    return math.isfinite(float(value))

@@ -1,0 +1,198 @@
+"""The study's figures and their tables: each figure is made from a small study, its
+numbers are the models' and the truth's, and the figures redrawn from the CSVs alone
+are the same files."""
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from mfverify import truth
+from mfverify.cases import get_case
+from mfverify.sample import average_velocity_sampler, uniform_grid
+from mfverify.study import figures
+from mfverify.study.config import EvalConfig, load_study
+from mfverify.study.runner import field_grid_path, run_dir, run_study, truth_path
+from mfverify.study.tables import plotting_frame, read_csv
+from mfverify.train import load_checkpoint
+
+SMALL = """
+[study]
+name = "figs"
+cases = ["ring8", "random16d"]
+objectives = ["fm", "mf", "scm"]
+seeds = 2
+
+[train]
+steps = 15
+batch = 32
+device = "cpu"
+
+[network_options.mlp]
+width = 16
+depth = 2
+
+[eval]
+nfe = [1, 2, 4]
+sample_nfe = [1, 4]
+n_noise = 96
+w2_samples = 32
+field_samples = 32
+sample_points = 40
+field_grid = 3
+field_grid_samples = 12
+"""
+
+KINDS = ("error_vs_nfe", "samples", "field_error")
+
+
+@pytest.fixture(scope="module")
+def study_out(tmp_path_factory):
+    root = tmp_path_factory.mktemp("figs")
+    (root / "figs.toml").write_text(SMALL)
+    study = load_study(root / "figs.toml")
+    return study, run_study(study, root / "out", progress=False)
+
+
+def test_every_figure_is_made_with_its_table(study_out):
+    _, out = study_out
+    for case in ("ring8", "random16d"):
+        for kind in KINDS:
+            for ext in ("pdf", "png", "csv"):
+                assert (out / f"{kind}_{case}.{ext}").stat().st_size > 0, f"{kind}_{case}.{ext}"
+        assert (out / f"density_{case}.csv").stat().st_size > 0
+    summary = (out / "summary.md").read_text()
+    for case in ("ring8", "random16d"):
+        for kind in KINDS:
+            assert f"]({kind}_{case}.png)" in summary  # the summary embeds every PNG
+
+
+def test_figures_redrawn_from_the_csvs_alone_are_the_same_files(study_out, tmp_path):
+    """Only the CSVs are copied: no run, truth or config is there to read."""
+    _, out = study_out
+    for p in out.glob("*.csv"):
+        if p.name not in ("results.csv", "runs.csv"):
+            shutil.copy(p, tmp_path / p.name)
+    assert figures.main([str(tmp_path)]) == 0
+    for case in ("ring8", "random16d"):
+        for kind in KINDS:
+            for ext in ("png", "pdf"):
+                name = f"{kind}_{case}.{ext}"
+                assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_samples_table_holds_the_models_samples_and_the_exact_images(study_out):
+    study, out = study_out
+    k = study.eval.sample_points
+    for case in ("ring8", "random16d"):
+        mixture = get_case(case)
+        origin, P, projection = plotting_frame(mixture)
+        assert projection == ("identity" if mixture.d == 2 else "pca")
+        x1 = torch.load(truth_path(out, case), weights_only=True)["x1"][:k]
+        phi = truth.flow_map(mixture, x1, 1.0, 0.0)  # computed again here, not read from the study
+        rows = read_csv(out / f"samples_{case}.csv")
+        assert {(r["method"], int(r["nfe"])) for r in rows} >= {("mf", 1), ("mf", 4), ("exact_u", 1), ("fm_euler", 4)}
+        assert {int(r["nfe"]) for r in rows if r["method"] == "scm"} == {1}  # trained at r = 0: NFE 1 only
+        model = load_checkpoint(run_dir(out, case, "mf", 0) / "checkpoint.pt")[2]  # the EMA is evaluated
+        with torch.no_grad():
+            u = lambda x, r, t: model(x.float(), r.float(), t.float()).double()  # noqa: E731
+            mine, _ = average_velocity_sampler(u, x1, uniform_grid(4))
+        got = sorted((r for r in rows if r["method"] == "mf" and r["nfe"] == "4"), key=lambda r: int(r["i"]))
+        assert len(got) == k
+        xy = torch.tensor([[float(r["x"]), float(r["y"])] for r in got], dtype=torch.float64)
+        pxy = torch.tensor([[float(r["phi_x"]), float(r["phi_y"])] for r in got], dtype=torch.float64)
+        err = torch.tensor([float(r["error"]) for r in got], dtype=torch.float64)
+        # float32 network: the same arithmetic, so equal to float32 round-off of the samples
+        assert torch.allclose(xy, (mine - origin) @ P, rtol=0, atol=1e-5)
+        assert torch.allclose(pxy, (phi - origin) @ P, rtol=0, atol=1e-9)  # the ODE solver's tolerance
+        assert torch.allclose(err, (mine - phi).norm(dim=1), rtol=1e-5, atol=1e-5)
+        exact = [float(r["error"]) for r in rows if r["method"] == "exact_u"]
+        assert max(exact) < 1e-8  # the exact average velocity lands on Phi at every NFE
+
+
+def test_plotting_frame_is_the_leading_principal_plane():
+    for case in ("random16d", "product8d"):
+        mixture = get_case(case)
+        origin, P, projection = plotting_frame(mixture)
+        x = mixture.sample(200000, generator=torch.Generator().manual_seed(0))
+        cov = torch.cov(x.T)
+        assert torch.allclose(P.T @ P, torch.eye(2, dtype=torch.float64), atol=1e-12)
+        if projection == "pca":  # centred on the data mean (4.5 standard errors of a 2e5-sample mean)
+            assert torch.allclose(origin, x.mean(0), atol=0.01 * x.std(0).max().item())
+        else:  # a product mixture: two of its own coordinates, uncentred
+            assert projection == "coordinates" and (origin == 0).all() and set(P.sum(0).tolist()) == {1.0}
+        var = torch.linalg.eigvalsh(cov)
+        # the variance captured by P is the top two eigenvalues' (Monte Carlo: 5 % from 2e5 samples)
+        assert (P.T @ cov @ P).trace() == pytest.approx((var[-1] + var[-2]).item(), rel=0.05)
+
+
+def test_density_table_is_the_mixture_density(study_out):
+    _, out = study_out
+    mixture = get_case("ring8")
+    rows = [r for r in read_csv(out / "density_ring8.csv") if r["kind"] == "grid"]
+    pts = torch.tensor([[float(r["x"]), float(r["y"])] for r in rows[::97]], dtype=torch.float64)
+    got = torch.tensor([float(r["value"]) for r in rows[::97]], dtype=torch.float64)
+    assert torch.allclose(got, mixture.log_prob(pts).exp(), rtol=1e-10, atol=1e-300)
+
+
+def test_field_error_table_is_the_mean_over_seeds_of_the_models_error(study_out):
+    study, out = study_out
+    for case in ("ring8", "random16d"):
+        mixture = get_case(case)
+        grid = torch.load(field_grid_path(out, case), weights_only=True)
+        rows = read_csv(out / f"field_error_{case}.csv")
+        nodes = {(float(r["r"]), float(r["t"])) for r in rows if r["method"] == "mf"}
+        assert nodes == set(EvalConfig(field_grid=3).field_nodes())
+        assert {float(r["r"]) for r in rows if r["method"] == "scm"} == {0.0}  # trained at r = 0 only
+        sel = (grid["r"] == 0) & (grid["t"] == 1)
+        x, r, t = grid["x"][sel], grid["r"][sel], grid["t"][sel]
+        u = truth.average_velocity(mixture, x, r, t)
+        rel = []
+        for seed in range(study.study.seeds):
+            model = load_checkpoint(run_dir(out, case, "mf", seed) / "checkpoint.pt")[2]
+            with torch.no_grad():
+                e = (model(x.float(), r.float(), t.float()).double() - u).square().sum(1).mean()
+            rel.append((e / u.square().sum(1).mean()).item())
+        (row,) = [q for q in rows if q["method"] == "mf" and float(q["r"]) == 0 and float(q["t"]) == 1]
+        assert int(row["seeds"]) == 2
+        assert float(row["relative"]) == pytest.approx(sum(rel) / 2, rel=1e-6)  # float32 network outputs
+
+
+def test_error_vs_nfe_table_is_the_results_over_seeds(study_out):
+    _, out = study_out
+    results = [r for r in read_csv(out / "results.csv") if r["metric"] == "flow_map_mean" and r["case"] == "ring8"]
+    for row in read_csv(out / "error_vs_nfe_ring8.csv"):
+        vals = [float(r["value"]) for r in results if r["method"] == row["method"] and r["nfe"] == row["nfe"]]
+        assert float(row["mean"]) == pytest.approx(sum(vals) / len(vals), rel=1e-15)
+        assert (float(row["min"]), float(row["max"]), int(row["seeds"])) == (min(vals), max(vals), len(vals))
+        assert row["group"] == ("objective" if row["method"] in ("fm", "mf", "scm") else "baseline")
+
+
+def test_every_method_has_its_own_colour_and_marker():
+    names = [f"obj{i}" for i in range(12)]
+    table = [{"method": m, "group": "objective", "source": "", "index": i} for i, m in enumerate(names)]
+    table += [{"method": b, "group": "baseline", "source": s, "index": i} for i, (b, s) in
+              enumerate([("exact_u", ""), ("exact_v_euler", ""), ("exact_v_heun", ""), ("fm_euler", "obj0"),
+                         ("fm_heun", "obj0")])]
+    style = figures.styles(table)
+    combos = {(s["color"], s["marker"], s["linestyle"]) for s in style.values()}
+    assert len(combos) == len(style) == 17
+    assert style["fm_euler"]["color"] == style["obj0"]["color"]  # a model baseline wears its objective's colour
+
+
+def test_figure_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        figures.main([str(tmp_path)])
+    assert exc.value.code == 2
+    assert "holds no figure tables" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        figures.main([str(tmp_path / "missing")])
+    assert "no such folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="sample_nfe must be a subset of nfe"):
+        EvalConfig(nfe=(1, 2), sample_nfe=(4,))
+    with pytest.raises(ValueError, match="field_grid"):
+        EvalConfig(field_grid=0)
+    assert EvalConfig(nfe=(1, 2, 4, 8, 16)).figure_nfe() == (1, 2, 16)
+    assert EvalConfig(nfe=(4, 8)).figure_nfe() == (4, 8)
+    assert math.isclose(EvalConfig(field_grid=4).field_nodes()[-1][1], 1.0)
