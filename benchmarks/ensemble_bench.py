@@ -29,9 +29,10 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def measure(objective, k, device, steps, batch, rounds):
+def measure(objective, k, device, steps, batch, rounds, width=128):
     cfgs = [TrainConfig(case="ring8", objective=objective, steps=steps, batch=batch, device=device, seed=s,
-                        lr_schedule="cosine", p=1.0 if objective != "fm" else 0.0, c=0.03) for s in range(k)]
+                        lr_schedule="cosine", p=1.0 if objective != "fm" else 0.0, c=0.03,
+                        network_options={"width": width}) for s in range(k)]
     ens, solo = [], []
     for _ in range(rounds):
         _sync(device)
@@ -54,6 +55,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--members", default="1,3,5,15")
+    parser.add_argument("--widths", default="128,32", help="MLP widths (128: the studies' network)")
     parser.add_argument("--objectives", default="fm,mf")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     args = parser.parse_args(argv)
@@ -63,17 +65,18 @@ def main(argv=None):
         devices = [args.device]
     members = [int(k) for k in args.members.split(",")]
     print(f"threads {args.threads}, batch {args.batch}, {args.steps} steps per member, median of {args.rounds} rounds")
-    print(f"{'device':6s} {'objective':9s} {'k':>3s} {'ensemble s':>10s} {'k solo s':>9s} "
+    print(f"{'device':6s} {'width':>5s} {'objective':9s} {'k':>3s} {'ensemble s':>10s} {'k solo s':>9s} "
           f"{'member-steps/s ens':>18s} {'solo':>8s} {'ratio':>6s}")
     for device in devices:
-        for objective in args.objectives.split(","):
-            for k in members:
-                # one untimed warm-up of each (first-call costs: allocator, vmap set-up)
-                measure(objective, k, device, 5, args.batch, 1)
-                e, s = measure(objective, k, device, args.steps, args.batch, args.rounds)
-                total = k * args.steps
-                print(f"{device:6s} {objective:9s} {k:3d} {e:10.3f} {s:9.3f} {total / e:18.0f} {total / s:8.0f} "
-                      f"{s / e:6.2f}", flush=True)
+        for width in [int(w) for w in args.widths.split(",")]:
+            for objective in args.objectives.split(","):
+                for k in members:
+                    # one untimed warm-up of each (first-call costs: allocator, vmap set-up)
+                    measure(objective, k, device, 5, args.batch, 1, width)
+                    e, s = measure(objective, k, device, args.steps, args.batch, args.rounds, width)
+                    total = k * args.steps
+                    print(f"{device:6s} {width:5d} {objective:9s} {k:3d} {e:10.3f} {s:9.3f} {total / e:18.0f} "
+                          f"{total / s:8.0f} {s / e:6.2f}", flush=True)
     if not torch.cuda.is_available():
         print("(no CUDA here: CPU figures only)")
 

@@ -43,6 +43,15 @@ def write_bytes(path, data: bytes) -> Path:
     return _atomic(path, lambda f: f.write(data))
 
 
+def torch_bytes(obj) -> bytes:
+    """What ``torch.save`` writes, as bytes (a worker's result, stored by the driver)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
 def save_torch(path, obj) -> Path:
     """``torch.save`` atomically."""
     return _atomic(path, lambda f: torch.save(obj, f))

@@ -221,18 +221,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     return result
 
 
+def checkpoint(cfg: TrainConfig, result: TrainResult) -> dict:
+    """What ``save_checkpoint`` writes: model, EMA, config, losses."""
+    return {
+        "config": asdict(cfg),
+        "model": result.model.state_dict(),
+        "ema": result.ema.state_dict(),
+        "diverged_step": result.diverged_step,
+        "losses": result.losses,
+    }
+
+
 def save_checkpoint(path, cfg: TrainConfig, result: TrainResult):
     """Model, EMA and config, written atomically."""
-    save_torch(
-        path,
-        {
-            "config": asdict(cfg),
-            "model": result.model.state_dict(),
-            "ema": result.ema.state_dict(),
-            "diverged_step": result.diverged_step,
-            "losses": result.losses,
-        },
-    )
+    save_torch(path, checkpoint(cfg, result))
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -65,3 +65,16 @@ def test_a_gpu_study_with_spawned_workers_completes(tmp_path):
     with open(out / "results.csv") as f:
         exact_u = [float(r["value"]) for r in csv.DictReader(f) if r["method"] == "exact_u" and r["metric"] == "flow_map_mean"]
     assert exact_u and max(exact_u) <= 1e-8
+
+
+def test_an_ensemble_on_the_gpu_starts_as_its_solo_runs_and_reads_nothing_per_step():
+    from mfverify.ensemble import train_ensemble
+
+    cfgs = [TrainConfig(**SMALL, device="cuda", seed=s) for s in range(3)]
+    ens = train_ensemble(cfgs, progress=False)
+    for cfg, member in zip(cfgs, ens):
+        solo = train(cfg, progress=False)
+        assert next(member.ema.parameters()).device.type == "cuda"
+        # the same first-step loss to float32 round-off (one batched evaluation vs one solo)
+        assert math.isclose(member.losses[0], solo.losses[0], rel_tol=1e-5)
+        assert len(member.losses) == SMALL["steps"] and member.diverged_step is None

@@ -212,3 +212,19 @@ def test_studies_registry_finds_registered_files(tmp_path, tiny):
             studies.register("nowhere", str(tmp_path / "missing.toml"))
     finally:
         studies.unregister("tiny_registered")
+
+
+def test_results_do_not_depend_on_the_callers_thread_count(tiny, tmp_path):
+    """The driver computes the baselines' metrics: with one thread, as the workers do."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = (_run(tiny, tmp_path / "a", jobs=2) / "results.csv").read_bytes()
+        torch.set_num_threads(2)
+        b = (_run(tiny, tmp_path / "b", jobs=2) / "results.csv").read_bytes()
+        assert torch.get_num_threads() == 2  # the caller's setting is left as it was
+    finally:
+        torch.set_num_threads(threads)
+    assert a == b

@@ -23,6 +23,13 @@ def main(argv=None) -> int:
         "--objectives", help="override the objectives: comma-separated names or package.module:attr (e.g. fm,mf,my_pkg:loss)"
     )
     parser.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes, one torch thread each")
+    parser.add_argument("--executor", choices=["serial", "processes", "ray"],
+                        help="where runs execute (default: serial for --jobs 1, else processes); "
+                        "ray needs pip install -e \".[ray]\"")
+    parser.add_argument("--address", help="--executor ray: a running cluster's address (auto | HOST:PORT); "
+                        "without it a local cluster of --jobs CPUs is started and stopped")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="train the seeds of each (case, objective) as one vmapped ensemble")
     parser.add_argument("--out", help="output folder (default runs/NAME/<timestamp>)")
     parser.add_argument("--resume", metavar="DIR", help="continue an interrupted study in DIR (finished runs are kept)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -36,6 +43,8 @@ def main(argv=None) -> int:
         parser.error("a study NAME is required (see --list)")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.address and args.executor != "ray":
+        parser.error("--address is a Ray cluster's: it needs --executor ray")
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         parser.error(f"--resume {args.resume} and --out {args.out} name different folders; give one of them")
     try:
@@ -64,7 +73,8 @@ def main(argv=None) -> int:
         out = Path(args.out) if args.out else Path("runs") / args.name / time.strftime("%Y%m%d-%H%M%S")
     start = time.perf_counter()
     try:
-        run_study(study, out, jobs=args.jobs, progress=not args.no_progress, resume=bool(args.resume))
+        run_study(study, out, jobs=args.jobs, progress=not args.no_progress, resume=bool(args.resume),
+                  executor=args.executor, address=args.address, ensemble=args.ensemble)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

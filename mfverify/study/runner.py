@@ -19,17 +19,17 @@ is not redone on ``--resume``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
-import multiprocessing
 import os
 import platform
 import re
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,17 +38,18 @@ from tqdm import tqdm
 from mfverify import objectives, truth
 from mfverify.cases import cases as case_registry
 from mfverify.cases import get_case
-from mfverify.io import save_torch, write_text
+from mfverify.io import save_torch, torch_bytes, write_bytes, write_text
 from mfverify.metrics import field_error, sample_metrics
 from mfverify.sample import average_velocity_sampler, euler, heun, model_as_velocity, uniform_grid
 from mfverify.models import networks
 from mfverify.registry import import_modules
 from mfverify.study.config import MODEL_BASELINES, Study, as_dict, to_toml
-from mfverify.train import DTYPES, resolve_device, save_checkpoint, train
+from mfverify.train import DTYPES, checkpoint, resolve_device, train
 from mfverify.times import sample_times
 
 COLUMNS = ["study", "case", "method", "seed", "nfe", "metric", "value"]
-RUN_COLUMNS = ["study", "case", "objective", "seed", "steps", "wall_seconds", "final_loss", "diverged_step", "device"]
+RUN_COLUMNS = ["study", "case", "objective", "seed", "steps", "wall_seconds", "final_loss", "diverged_step", "device",
+               "ensemble"]
 
 
 class StudyInterrupted(RuntimeError):
@@ -117,13 +118,13 @@ def field_grid_errors(u_theta, grid: dict, r0_only: bool = False) -> list[dict]:
 FIELD_COLUMNS = ["r", "t", "field_error", "u_sq", "relative"]
 
 
-def _write_table(path: Path, rows, columns) -> None:
+def _table_text(rows, columns) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-    write_text(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def _keep_samples(store: dict, method: str, nfe: int, x: torch.Tensor, k: int) -> None:
@@ -139,13 +140,17 @@ def _rows(study, case, method, seed, nfe, metrics):
     ]
 
 
-def _write_rows(path: Path, rows) -> None:
+def _rows_text(rows) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "value": repr(float(row["value"]))})
-    write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _write_rows(path: Path, rows) -> None:
+    write_text(path, _rows_text(rows))
 
 
 def _read_rows(path: Path):
@@ -156,11 +161,29 @@ def _read_rows(path: Path):
 # --------------------------------------------------------------- baselines
 
 
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread inside, the caller's count restored after: metrics computed in the
+    driver (the baselines') then have the bits of those computed in a one-thread worker,
+    whatever the machine's cores or the calling process's setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_baselines(study: Study, out: Path, case: str) -> None:
     path = out / "runs" / case / "baselines" / "rows.csv"
     samples_path = path.with_name("samples.pt")
     if path.exists() and samples_path.exists():
         return
+    with one_thread():
+        _run_baselines(study, out, case, path, samples_path)
+
+
+def _run_baselines(study: Study, out: Path, case: str, path: Path, samples_path: Path) -> None:
     mixture = get_case(case)
     blob = torch.load(truth_path(out, case), weights_only=True)
     x1, phi = blob["x1"], blob["phi"]
@@ -213,10 +236,16 @@ def _as_u(model, device, dtype):
     return u
 
 
-def evaluate(study: Study, out: Path, case: str, objective: str, seed: int, model, device, dtype):
-    mixture = get_case(case)
+def load_truth(out: Path, case: str) -> dict:
+    """What a job needs of a case's truth: the noise, its exact image, the field grid."""
     blob = torch.load(truth_path(out, case), weights_only=True)
-    x1, phi = blob["x1"], blob["phi"]
+    return {"x1": blob["x1"], "phi": blob["phi"], "grid": torch.load(field_grid_path(out, case), weights_only=True)}
+
+
+def evaluate(study: Study, truth_blob: dict, case: str, objective: str, seed: int, model, device, dtype):
+    """Rows, seed-0 samples and field-grid errors of one trained model (reads no file)."""
+    mixture = get_case(case)
+    x1, phi = truth_blob["x1"], truth_blob["phi"]
     name = study.study.name
     u = _as_u(model, device, dtype)
     rows, samples = [], {}
@@ -247,42 +276,94 @@ def evaluate(study: Study, out: Path, case: str, objective: str, seed: int, mode
     x0 = mixture.sample(k, generator=g)
     xt = (1 - t[:, None]) * x0 + t[:, None] * torch.randn(k, mixture.d, generator=g, dtype=torch.float64)
     rows += _rows(name, case, objective, seed, 0, {"field_error": field_error(u, mixture, xt, r, t)})
-    grid = torch.load(field_grid_path(out, case), weights_only=True)
-    return rows, samples, field_grid_errors(u, grid, r0_only)
+    return rows, samples, field_grid_errors(u, truth_blob["grid"], r0_only)
 
 
-def run_one(study: Study, out: Path, case: str, objective: str, seed: int, progress: bool) -> dict:
-    """Train, evaluate and record one run; returns its runs.csv row."""
-    folder = run_dir(out, case, objective, seed)
-    cfg = study.run_config(case, objective, seed)
-    device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+@dataclass(frozen=True)
+class Job:
+    """Training runs done together: one seed, or (``--ensemble``) the pending seeds of one
+    (case, objective) trained as one vmapped ensemble."""
+
+    case: str
+    objective: str
+    seeds: tuple
+
+    @property
+    def label(self) -> str:
+        return f"{self.case}/{self.objective}/seed{','.join(map(str, self.seeds))}"
+
+
+def plan(study: Study, out: Path, ensemble: bool = False) -> list[Job]:
+    """The jobs of the runs without ``run.json`` (finished runs are not redone)."""
+    jobs = []
+    for case in study.study.cases:
+        for obj in study.study.objectives:
+            pending = tuple(s for s in range(study.study.seeds) if not (run_dir(out, case, obj, s) / "run.json").exists())
+            if ensemble and len(pending) > 1:
+                jobs.append(Job(case, obj, pending))
+            else:
+                jobs += [Job(case, obj, (s,)) for s in pending]
+    return jobs
+
+
+def execute(study: Study, job: Job, truth_blob: dict, progress: bool = False, modules=()) -> list[dict]:
+    """Train and evaluate a job's runs where it runs (a worker, another node): reads no
+    file and writes none; returns per run its files (name -> bytes) and runs.csv record,
+    for the driver to store (``store``)."""
+    import_modules(modules)
+    cfgs = [study.run_config(job.case, job.objective, seed) for seed in job.seeds]
+    device, dtype = resolve_device(cfgs[0].device), DTYPES[cfgs[0].dtype]
     if device.type == "cpu":
         # one thread per run whatever --jobs is: results do not depend on --jobs
         # (GEMM blocking varies with the thread count), and --jobs N uses N cores
         torch.set_num_threads(1)
-    result = train(cfg, progress=progress)
-    save_checkpoint(folder / "checkpoint.pt", cfg, result)
-    if result.diverged_step is not None:
-        rows, samples, field = [], {}, []
+    if len(cfgs) > 1:
+        from mfverify.ensemble import train_ensemble
+
+        results = train_ensemble(cfgs, progress=progress)
     else:
-        rows, samples, field = evaluate(study, out, case, objective, seed, result.ema, device, dtype)
-    if samples:
-        save_torch(folder / "samples.pt", samples)
-    _write_table(folder / "field_grid.csv", field, FIELD_COLUMNS)
-    _write_rows(folder / "rows.csv", rows)
-    record = {
-        "study": study.study.name,
-        "case": case,
-        "objective": objective,
-        "seed": seed,
-        "steps": len(result.losses),
-        "wall_seconds": round(result.wall_seconds, 3),
-        "final_loss": result.final_loss,
-        "diverged_step": "" if result.diverged_step is None else result.diverged_step,
-        "device": str(device),
-    }
-    write_text(folder / "run.json", json.dumps(record, indent=1))  # last: marks the run finished
-    return record
+        results = [train(cfgs[0], progress=progress)]
+    outputs = []
+    for cfg, result in zip(cfgs, results):
+        files = {"checkpoint.pt": torch_bytes(checkpoint(cfg, result))}
+        if result.diverged_step is not None:
+            rows, samples, field = [], {}, []
+        else:
+            rows, samples, field = evaluate(study, truth_blob, job.case, job.objective, cfg.seed, result.ema, device, dtype)
+        if samples:
+            files["samples.pt"] = torch_bytes(samples)
+        files["field_grid.csv"] = _table_text(field, FIELD_COLUMNS).encode()
+        files["rows.csv"] = _rows_text(rows).encode()
+        record = {
+            "study": study.study.name,
+            "case": job.case,
+            "objective": job.objective,
+            "seed": cfg.seed,
+            "steps": len(result.losses),
+            "wall_seconds": round(result.wall_seconds, 3),
+            "final_loss": result.final_loss,
+            "diverged_step": "" if result.diverged_step is None else result.diverged_step,
+            "device": str(device),
+            "ensemble": len(cfgs),
+        }
+        outputs.append({"case": job.case, "objective": job.objective, "seed": cfg.seed, "files": files, "record": record})
+    return outputs
+
+
+def store(out: Path, output: dict) -> dict:
+    """Write one run's files (the driver, the only writer), ``run.json`` last: it marks the
+    run finished."""
+    folder = run_dir(out, output["case"], output["objective"], output["seed"])
+    for name, data in output["files"].items():
+        write_bytes(folder / name, data)
+    write_text(folder / "run.json", json.dumps(output["record"], indent=1))
+    return output["record"]
+
+
+def run_one(study: Study, out: Path, case: str, objective: str, seed: int, progress: bool) -> dict:
+    """Train, evaluate and store one run; returns its runs.csv row."""
+    (output,) = execute(study, Job(case, objective, (seed,)), load_truth(out, case), progress)
+    return store(out, output)
 
 
 def _worker_init(modules=(), parent=None):
@@ -313,17 +394,19 @@ def registered_modules() -> list[str]:
     return sorted({m for reg in (objectives.registry, networks, case_registry) for m in reg.modules()})
 
 
-def _job(args):
-    return run_one(*args, progress=False)
-
-
 # --------------------------------------------------------------- the study
 
 
 def run_study(
-    study: Study, out, jobs: int = 1, progress: bool = True, resume: bool = False, stop_after=None, start_method=None
+    study: Study, out, jobs: int = 1, progress: bool = True, resume: bool = False, stop_after=None, start_method=None,
+    executor: str | None = None, address: str | None = None, ensemble: bool = False,
 ) -> Path:
     """Run ``study`` into the folder ``out`` (created); ``resume`` continues a study there.
+
+    ``executor``: ``serial``, ``processes`` or ``ray`` (``mfverify.study.executors``;
+    default: ``serial`` for ``jobs = 1``, else ``processes``); ``address``: a Ray
+    cluster's (None: a local one for the study); ``ensemble``: the pending seeds of each
+    (case, objective) trained as one vmapped ensemble (``mfverify.ensemble``).
 
     Before anything is written the study is validated, ``out`` is checked (a folder
     that is not empty must hold this same study) and locked against a second
@@ -331,7 +414,17 @@ def run_study(
     """
     from mfverify.study.config import check_runs
 
+    from mfverify.study.executors import EXECUTORS, import_ray
+
     out = Path(out)
+    if executor is not None and executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if address is not None and executor != "ray":
+        raise ValueError(f"address {address!r} is a Ray cluster's: it needs executor 'ray'")
+    if executor == "ray":
+        import_ray()  # missing: a clear error before anything is written
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     check_runs(study, study.source or "study")
     config_text = to_toml(study, header=f"resolved configuration of study {study.study.name} ({study.source})")
     _check_out(out, config_text, resume)
@@ -342,7 +435,7 @@ def run_study(
         if not (out / "config.toml").exists():
             write_text(out / "config.toml", config_text)
         record_environment(out, environment(study))
-        _run_locked(study, out, jobs, progress, stop_after, start_method)
+        _run_locked(study, out, jobs, progress, stop_after, start_method, executor, address, ensemble)
     return out
 
 
@@ -460,7 +553,7 @@ def record_environment(out: Path, env: dict) -> None:
     write_text(out / f"env-{len(files) + 1}.json", json.dumps(env, indent=1))
 
 
-def _run_locked(study, out, jobs, progress, stop_after, start_method):
+def _run_locked(study, out, jobs, progress, stop_after, start_method, executor=None, address=None, ensemble=False):
     cases = list(study.study.cases)
     for i, case in enumerate(tqdm(cases, desc="exact maps", disable=not progress, leave=False)):
         prepare_truth(study, out, i, case)
@@ -468,41 +561,30 @@ def _run_locked(study, out, jobs, progress, stop_after, start_method):
     for case in tqdm(cases, desc="baselines", disable=not progress, leave=False):
         run_baselines(study, out, case)
 
-    todo = [
-        (case, obj, seed)
-        for case in cases
-        for obj in study.study.objectives
-        for seed in range(study.study.seeds)
-        if not (run_dir(out, case, obj, seed) / "run.json").exists()
-    ]
+    todo = plan(study, out, ensemble)
     total = len(cases) * len(study.study.objectives) * study.study.seeds
-    bar = tqdm(total=total, initial=total - len(todo), desc="runs", disable=not progress)
+    pending = sum(len(job.seeds) for job in todo)
+    bar = tqdm(total=total, initial=total - pending, desc="runs", disable=not progress)
+    if executor is None:
+        executor = "serial" if jobs <= 1 else "processes"
+    from mfverify.study.executors import make_executor
+
+    gpu = resolve_device(study.train.device).type == "cuda"
+    modules = tuple(registered_modules())
+    pool = make_executor(executor, jobs=jobs, start_method=start_method, gpu=gpu, modules=modules, address=address)
+    truths = {case: load_truth(out, case) for case in cases}
+    solo_progress = progress and executor == "serial"
     done = 0
-    if jobs <= 1:
-        for case, obj, seed in todo:
-            run_one(study, out, case, obj, seed, progress)
-            bar.update()
-            done += 1
+    try:
+        for outputs in pool.run((study, job, truths[job.case], solo_progress, modules) for job in todo):
+            for output in outputs:
+                store(out, output)
+                bar.update()
+                done += 1
             if stop_after is not None and done >= stop_after:
                 raise StudyInterrupted(f"stopped after {done} runs")
-    else:
-        # CUDA cannot be used in a child forked after the parent touched it (env.json
-        # asks for the device name), so GPU studies start their workers with spawn. So
-        # do CPU studies in a process that has initialised CUDA: autograd then runs
-        # device threads, and a forked child cannot run backward (seen on an H200 when
-        # a CPU study followed GPU training in one process). Otherwise CPU studies fork
-        # (cheap, and nothing to re-import); both give the same results.
-        if start_method is None:
-            gpu = resolve_device(study.train.device).type == "cuda" or torch.cuda.is_initialized()
-            start_method = "spawn" if gpu else "fork"
-        context = multiprocessing.get_context(start_method)
-        with ProcessPoolExecutor(
-            max_workers=jobs, initializer=_worker_init, initargs=(registered_modules(), os.getpid()), mp_context=context
-        ) as pool:
-            futures = [pool.submit(_job, (study, out, *run)) for run in todo]
-            for f in as_completed(futures):
-                f.result()
-                bar.update()
+    finally:
+        pool.close()
     bar.close()
     assemble(study, out)
 

@@ -1,0 +1,147 @@
+"""Where a study's jobs run: ``serial``, ``processes`` (the default) or ``ray``.
+
+An executor takes ``execute(study, job, truth, progress, modules)`` calls and yields
+their results as they finish; it never writes a file. The driver stores each result
+(``runner.store``: atomic writes, ``run.json`` last), so a worker needs no shared disk
+and a job that is lost (a killed worker, a lost node) is simply run again: a job is
+deterministic, its result the same.
+
+- ``serial``: in this process, in order.
+- ``processes``: a pool of ``jobs`` local processes (fork for CPU studies, spawn
+  where CUDA is or may be in use), each exiting when the driver dies.
+- ``ray``: tasks on a Ray cluster (``pip install -e ".[ray]"``): ``address=None``
+  starts a local cluster of ``jobs`` CPUs for the study and stops it after;
+  ``"auto"`` or ``"HOST:PORT"`` joins a running one (``ray start --head``). A task
+  asks for one CPU, and on a GPU study for ``1 / jobs`` of a GPU; a task whose worker
+  dies is retried (``max_retries``) by Ray.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+EXECUTORS = ("serial", "processes", "ray")
+RAY_RETRIES = 3
+
+
+def _call(args):
+    from mfverify.study.runner import execute
+
+    return execute(*args)
+
+
+class Serial:
+    name = "serial"
+
+    def __init__(self, **_):
+        pass
+
+    def run(self, calls):
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            for args in calls:
+                yield _call(args)
+        finally:  # a job pins one thread: this process (the driver's baselines) gets its own back
+            torch.set_num_threads(threads)
+
+    def close(self):
+        pass
+
+
+class Processes:
+    name = "processes"
+
+    def __init__(self, jobs: int = 1, start_method: str | None = None, gpu: bool = False, modules=(), **_):
+        from mfverify.study.runner import _worker_init
+
+        import torch
+
+        # CUDA cannot be used in a child forked after the parent touched it (env.json
+        # asks for the device name), so GPU studies start their workers with spawn. So
+        # do CPU studies in a process that has initialised CUDA: autograd then runs
+        # device threads, and a forked child cannot run backward (seen on an H200 when
+        # a CPU study followed GPU training in one process). Otherwise CPU studies fork
+        # (cheap, and nothing to re-import); both give the same results.
+        if start_method is None:
+            start_method = "spawn" if gpu or torch.cuda.is_initialized() else "fork"
+        self.pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init,
+                                        initargs=(tuple(modules), os.getpid()),
+                                        mp_context=multiprocessing.get_context(start_method))
+
+    def run(self, calls):
+        futures = [self.pool.submit(_call, args) for args in calls]
+        for f in as_completed(futures):
+            yield f.result()
+
+    def close(self):
+        self.pool.shutdown(cancel_futures=True)
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--executor ray needs Ray: pip install -e \".[ray]\" (or pip install 'ray>=2.9')") from None
+    return ray
+
+
+class Ray:
+    name = "ray"
+
+    def __init__(self, jobs: int = 1, address: str | None = None, gpu: bool = False, modules=(), **_):
+        ray = import_ray()
+        self.ray = ray
+        # a worker on this machine imports what the driver can (a user's own objective module)
+        paths = [p for p in [os.getcwd(), *sys.path] if p and Path(p).is_dir()]
+        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": "warning",
+                  "runtime_env": runtime_env}
+        self.owns_cluster = address is None
+        if self.owns_cluster:
+            ray.init(address="local", num_cpus=jobs, **kwargs)  # "local": a new cluster, never a running one
+        else:
+            ray.init(address=address, **kwargs)
+        resources = {"num_cpus": 1, "max_retries": RAY_RETRIES}
+        if gpu:
+            resources["num_gpus"] = 1.0 / max(jobs, 1)
+        self.remote = ray.remote(**resources)(_ray_task)
+        self.modules = tuple(modules)
+        self._truth = {}
+
+    def put_truth(self, case, blob):
+        """Each case's truth sent to the cluster once (an object reference per case)."""
+        if case not in self._truth:
+            self._truth[case] = self.ray.put(blob)
+        return self._truth[case]
+
+    def run(self, calls):
+        ray = self.ray
+        refs = []
+        for study, job, truth, progress, modules in calls:
+            refs.append(self.remote.remote(study, job, self.put_truth(job.case, truth), False, modules))
+        while refs:
+            done, refs = ray.wait(refs, num_returns=1)
+            yield ray.get(done[0])
+
+    def close(self):
+        # a cluster started for the study is stopped; one joined is only left
+        self.ray.shutdown()
+
+
+def _ray_task(study, job, truth, progress, modules):
+    import torch
+
+    torch.set_num_threads(1)
+    return _call((study, job, truth, progress, modules))
+
+
+def make_executor(name: str, **options):
+    if name not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
+    return {"serial": Serial, "processes": Processes, "ray": Ray}[name](**options)
