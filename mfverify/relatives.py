@@ -1,0 +1,119 @@
+"""Relatives of MeanFlow (docs/MATH.md §9), registered as an outside package would:
+through the package's own entry points in the group ``mfverify.objectives``
+(``pyproject.toml``), each an ``Objective`` declaring its properties.
+
+Conventions as everywhere: ``x_t = (1 - t) x0 + t x1``, ``v_c = x1 - x0``,
+``U = u_theta(x_t, r, t)``, ``D[a] = J_x u_theta . a + d_t u_theta`` at ``(x_t, r, t)``.
+Every relative trains the diagonal ``r = t`` by flow matching.
+
+- ``split_mf`` (SplitMeanFlow, Guo et al. 2025, arXiv 2507.16884): for ``r < t``,
+  ``lambda ~ U(0, 1)``, ``s = (1 - lambda) t + lambda r``, ``y = x_t - (t - s) u_theta(x_t, s, t)``,
+  ``|U - sg[lambda u_theta(x_t, s, t) + (1 - lambda) u_theta(y, r, s)]|^2``: the
+  interval-splitting identity ``(t - r) u(r, t) = (t - s) u(s, t) + (s - r) u(r, s)``,
+  no JVP. ``lam`` fixes lambda (``lam = 0.5`` is ``shortcut``); by default it is drawn
+  per sample from torch's global generator (so under ``--ensemble`` a member's draws
+  are not its solo run's).
+- ``modular_mf(lam)``: ``|U + (t - r) [lam D[v_c] + (1 - lam) sg(D[v_c])] - v_c|^2``;
+  ``lam = 0`` is ``mf``, ``lam = 1`` is ``mf_nosg`` (the gradient through the tangent).
+- ``mf_cv(beta)``: ``mf`` with the tangent ``a = beta v_c + (1 - beta) sg(u_theta(x_t, t, t))``:
+  ``|U + (t - r) sg(D[a]) - v_c|^2``; ``beta = 1`` is ``mf``, ``beta = 0`` is ``mf_sg``.
+  At ``u*`` the conditional mean of ``D[a]`` is ``D[v]`` for every ``beta`` (``E[v_c | x_t] = v``),
+  so ``u*`` is stationary for every beta; beta trades the target's variance.
+- ``alpha_flow(alpha)`` (alpha-Flow, Zhang et al. 2025, arXiv 2510.20771): for ``r < t``,
+  ``s = t - alpha (t - r)``, ``y = x_t - alpha (t - r) v_c``, target
+  ``sg{[alpha (t - r) v_c + (s - r) u_theta(y, r, s)] / (t - r)} = sg{alpha v_c + (1 - alpha) u_theta(y, r, s)}``;
+  ``alpha = 1`` regresses ``U`` on ``v_c`` (optimum ``v(x_t, t)``, not ``u``); as
+  ``alpha -> 0`` the loss value is ``alpha^2`` times ``mf``'s and its gradient
+  ``alpha`` times (the target moves with alpha, the stop-gradient keeps it fixed).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mfverify.jvp import DEFAULT_BACKEND, jvp
+from mfverify.objectives import Objective, _check_jvp, _col, _on_path, _sq
+
+
+def _fm_rows(loss, model, x_t, v_c, r, t):
+    """``loss`` where ``r < t``; flow matching where ``r = t``."""
+    diag = r == t
+    if not diag.any():
+        return loss
+    return torch.where(diag, _sq(model(x_t, t, t) - v_c), loss)
+
+
+def _split_mf(model, x_t, v_c, r, t, backend, lam=None):
+    """SplitMeanFlow: ``|U - sg[lam u(x_t, s, t) + (1 - lam) u(y, r, s)]|^2``, ``s = (1 - lam) t + lam r``,
+    ``y = x_t - (t - s) u(x_t, s, t)``, ``lam ~ U(0, 1)`` unless fixed; fm at ``r = t``."""
+    if lam is None:
+        lam = torch.rand(t.shape, device=t.device, dtype=t.dtype)
+    else:
+        lam = torch.full_like(t, lam)
+    s = (1 - lam) * t + lam * r
+    with torch.no_grad():
+        u_st = model(x_t, s, t)
+        y = x_t - _col(t - s) * u_st
+        target = _col(lam) * u_st + _col(1 - lam) * model(y, r, s)
+    return _fm_rows(_sq(model(x_t, r, t) - target), model, x_t, v_c, r, t)
+
+
+def _modular_mf(model, x_t, v_c, r, t, backend, lam=0.5):
+    """``|U + (t - r) [lam D[v_c] + (1 - lam) sg(D[v_c])] - v_c|^2``: ``mf`` (0) to ``mf_nosg`` (1)."""
+    zero, one = torch.zeros_like(r), torch.ones_like(t)
+    U, D = jvp(model, x_t, r, t, v_c, zero, one, backend, tangent_grad=lam != 0)
+    mixed = lam * D + (1 - lam) * D.detach() if lam != 0 else D.detach()
+    return _sq(U + _col(t - r) * mixed - v_c)
+
+
+def _mf_cv(model, x_t, v_c, r, t, backend, beta=0.5):
+    """``mf`` with the tangent ``beta v_c + (1 - beta) sg(u(x_t, t, t))``: ``mf`` (1) to ``mf_sg`` (0)."""
+    zero, one = torch.zeros_like(r), torch.ones_like(t)
+    with torch.no_grad():
+        a = beta * v_c + (1 - beta) * model(x_t, t, t) if beta != 1 else v_c
+    U, D = jvp(model, x_t, r, t, a, zero, one, backend, tangent_grad=False)
+    return _sq(U + _col(t - r) * D.detach() - v_c)
+
+
+def _alpha_flow(model, x_t, v_c, r, t, backend, alpha=0.5):
+    """alpha-Flow: ``|U - sg[alpha v_c + (1 - alpha) u(x_t - alpha (t - r) v_c, r, t - alpha (t - r))]|^2``;
+    fm at ``r = t``."""
+    s = t - alpha * (t - r)
+    with torch.no_grad():
+        y = x_t - _col(alpha * (t - r)) * v_c
+        target = alpha * v_c + (1 - alpha) * model(y, r, s) if alpha != 1 else v_c
+    return _fm_rows(_sq(model(x_t, r, t) - target), model, x_t, v_c, r, t)
+
+
+def _in_unit(name, key, low_open=False):
+    def check(options):
+        _check_jvp(options)
+        value = options[key]
+        if value is None:
+            return
+        ok = (0 < value <= 1) if low_open else (0 <= value <= 1)
+        if not ok:
+            bounds = "(0, 1]" if low_open else "[0, 1]"
+            raise ValueError(f"objective {name!r}: {key} must lie in {bounds}, got {value!r}")
+
+    return check
+
+
+def _relative(name, inner, options, low_open=False, bounded=True, **properties):
+    inner.__name__ = name
+    check = _in_unit(name, next(iter(options)), low_open) if bounded else _check_jvp
+    return Objective(name=name, loss=_on_path(inner), options={"jvp": DEFAULT_BACKEND, **options},
+                     check_options=check, weighting=True, **properties)
+
+
+# the eps-derivative along u* + eps h (p = 0): split_mf's and alpha_flow's targets carry no
+# gradient, so it is 2 R . h with R affine in v_c (split_mf: free of v_c off the diagonal)
+# or not polynomial in v_c (alpha_flow: u_theta(x_t - alpha (t - r) v_c, ...)) but at alpha = 1;
+# modular_mf: dR = h + lam (t - r) D_h[v_c], quadratic; mf_cv: R affine in v_c, dR = h
+split_mf = _relative("split_mf", _split_mf, {"lam": None}, quadratic_in_v_c=True)
+modular_mf = _relative("modular_mf", _modular_mf, {"lam": 0.5}, quadratic_in_v_c=True)
+mf_cv = _relative("mf_cv", _mf_cv, {"beta": 0.5}, bounded=False, quadratic_in_v_c=True)  # any real beta
+alpha_flow = _relative("alpha_flow", _alpha_flow, {"alpha": 0.5}, low_open=True,
+                       quadratic_in_v_c=lambda o: o["alpha"] == 1.0)
+
+RELATIVES = ("split_mf", "modular_mf", "mf_cv", "alpha_flow")
