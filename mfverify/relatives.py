@@ -85,6 +85,50 @@ def _alpha_flow(model, x_t, v_c, r, t, backend, alpha=0.5):
     return _fm_rows(_sq(model(x_t, r, t) - target), model, x_t, v_c, r, t)
 
 
+def _lsd(model, x_t, v_c, r, t, backend):
+    """Lagrangian self-distillation: ``|d_r X_{t->r}(x_t) - sg(u(X_{t->r}(x_t), r, r))|^2``,
+    ``X_{t->r}(x) = x - (t - r) u(x, r, t)``, so ``d_r X = U - (t - r) d_r U``; fm at ``r = t``."""
+    zero = torch.zeros_like(t)
+    U, dU_dr = jvp(model, x_t, r, t, torch.zeros_like(x_t), torch.ones_like(r), zero, backend)
+    with torch.no_grad():
+        end = x_t - _col(t - r) * U
+        target = model(end, r, r)
+    return _fm_rows(_sq(U - _col(t - r) * dU_dr - target), model, x_t, v_c, r, t)
+
+
+def _esd(model, x_t, v_c, r, t, backend):
+    """Eulerian self-distillation: ``|d_t X_{t->r}(x_t) + J_x X_{t->r} . w|^2``, ``w = sg(u(x_t, t, t))``,
+    which is ``|U + (t - r) D[w] - w|^2`` (gradients through ``U`` and ``D``); fm at ``r = t``."""
+    with torch.no_grad():
+        w = model(x_t, t, t)
+    U, D = jvp(model, x_t, r, t, w, torch.zeros_like(r), torch.ones_like(t), backend)
+    return _fm_rows(_sq(U + _col(t - r) * D - w), model, x_t, v_c, r, t)
+
+
+def _psd(model, x_t, v_c, r, t, backend, split="uniform"):
+    """Progressive self-distillation: ``|X_{t->r}(x_t) - sg(X_{s->r}(X_{t->s}(x_t)))|^2 / (t - r)^2``,
+    ``s`` uniform on ``[r, t]`` (``split = "uniform"``) or the midpoint; fm at ``r = t``."""
+    if split == "uniform":
+        lam = torch.rand(t.shape, device=t.device, dtype=t.dtype)
+    else:
+        lam = torch.full_like(t, 0.5)
+    s = r + lam * (t - r)
+    with torch.no_grad():
+        y = x_t - _col(t - s) * model(x_t, s, t)  # X_{t->s}(x_t)
+        two_step = y - _col(s - r) * model(y, r, s)  # X_{s->r}(y)
+        # |X_{t->r} - two_step| / (t - r) = |U - (x_t - two_step) / (t - r)|, written without dividing
+        # by t - r where r = t (those rows are flow matching)
+        gap = torch.where(r < t, t - r, torch.ones_like(t))
+        target = (x_t - two_step) / _col(gap)
+    return _fm_rows(_sq(model(x_t, r, t) - target), model, x_t, v_c, r, t)
+
+
+def _check_split(options):
+    _check_jvp(options)
+    if options["split"] not in ("uniform", "midpoint"):
+        raise ValueError(f"objective 'psd': split must be 'uniform' or 'midpoint', got {options['split']!r}")
+
+
 def _in_unit(name, key, low_open=False):
     def check(options):
         _check_jvp(options)
@@ -116,4 +160,12 @@ mf_cv = _relative("mf_cv", _mf_cv, {"beta": 0.5}, bounded=False, quadratic_in_v_
 alpha_flow = _relative("alpha_flow", _alpha_flow, {"alpha": 0.5}, low_open=True,
                        quadratic_in_v_c=lambda o: o["alpha"] == 1.0)
 
-RELATIVES = ("split_mf", "modular_mf", "mf_cv", "alpha_flow")
+# the self-distillation losses hold no v_c off the diagonal: at u* their residual is zero pointwise
+lsd = Objective(name="lsd", loss=_on_path(_lsd), options={"jvp": DEFAULT_BACKEND}, check_options=_check_jvp,
+                weighting=True, quadratic_in_v_c=True)
+esd = Objective(name="esd", loss=_on_path(_esd), options={"jvp": DEFAULT_BACKEND}, check_options=_check_jvp,
+                weighting=True, quadratic_in_v_c=True)
+psd = Objective(name="psd", loss=_on_path(_psd), options={"jvp": DEFAULT_BACKEND, "split": "uniform"},
+                check_options=_check_split, weighting=True, quadratic_in_v_c=True)
+
+RELATIVES = ("split_mf", "modular_mf", "mf_cv", "alpha_flow", "lsd", "esd", "psd")

@@ -57,7 +57,7 @@ def test_every_meanflow_objective_is_fm_where_r_equals_t(batch):
 
 
 # objectives that draw random numbers inside the loss, with the draw fixed by an option
-FIXED_DRAWS = {"split_mf": {"lam": 0.3}}
+FIXED_DRAWS = {"split_mf": {"lam": 0.3}, "psd": {"split": "midpoint"}}
 
 
 @given(batches(n=4, d=st.integers(1, 5)))
@@ -282,7 +282,7 @@ def test_unknown_objective_lists_the_known_ones():
         objectives.get("meanflow")
     names = objectives.names()  # MATH.md §4's seven, then the relatives (mfverify's own entry points)
     assert names[:7] == ["fm", "mf_full", "mf_sg", "mf", "mf_nosg", "shortcut", "scm"]
-    assert set(names[7:]) == {"split_mf", "modular_mf", "mf_cv", "alpha_flow"}
+    assert set(names[7:]) == {"split_mf", "modular_mf", "mf_cv", "alpha_flow", "lsd", "esd", "psd"}
 
 
 def test_r_greater_than_t_is_rejected(batch):

@@ -27,6 +27,10 @@ def test_the_relatives_are_registered_through_the_entry_points():
     ("mf_cv", {"beta": 0.3}, None),
     ("mf_cv", {"beta": 1.0}, "mf"),
     ("mf_cv", {"beta": 0.0}, "mf_sg"),
+    ("lsd", {}, None),                       # self-distillation: no v_c off the diagonal
+    ("esd", {}, None),
+    ("psd", {}, None),                       # s uniform on [r, t]
+    ("psd", {"split": "midpoint"}, "shortcut"),  # the midpoint two-step teacher is Shortcut's
 ])
 def test_stationary_at_u_star_and_its_named_ends(name, options, reference):
     report = check.run(name, reference=reference, options={**P0, **options}, weighting=False, cases=("ring8",),
@@ -87,5 +91,7 @@ def test_split_mf_with_a_fixed_split_is_deterministic_and_options_are_checked():
         loss(model, x0, x1, r, t, lam=1.5)
     with pytest.raises(ValueError, match=r"alpha must lie in \(0, 1\]"):
         objectives.get("alpha_flow")(model, x0, x1, r, t, alpha=0.0)
+    with pytest.raises(ValueError, match="split must be 'uniform' or 'midpoint'"):
+        objectives.get("psd")(model, x0, x1, r, t, split="random")
     with pytest.raises(ValueError, match="finite"):
         objectives.get("mf_cv")(model, x0, x1, r, t, beta=float("inf"))
