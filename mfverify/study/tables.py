@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 
 import torch
@@ -222,7 +221,3 @@ def write_tables(study, out: Path, rows) -> None:
         field = field_error_table(study, out, case)
         if field:
             write_csv(out / f"field_error_{slug}.csv", field)
-
-
-def finite(value) -> bool:
-    return math.isfinite(float(value))
