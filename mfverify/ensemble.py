@@ -85,14 +85,6 @@ class Ensemble(nn.Module):
     def member_buffers(self) -> dict:
         return {n: getattr(self, "buffer__" + _key(n)) for n in self.buffer_names}
 
-    def member(self, i: int, like: nn.Module) -> nn.Module:
-        """Member i as a module of its own (a copy of ``like`` with member i's state)."""
-        out = copy.deepcopy(like)
-        state = {n: p[i].detach().clone() for n, p in self.member_params().items()}
-        state.update({n: b[i].clone() for n, b in self.member_buffers().items()})
-        out.load_state_dict(state)
-        return out
-
     # ---- evaluation
     def _split(self, *arrays):
         n = arrays[0].shape[0]
@@ -121,8 +113,8 @@ class Ensemble(nn.Module):
 def train_ensemble(cfgs, progress: bool = True):
     """Train the configurations ``cfgs`` (equal but for ``seed``) as one ensemble; one
     ``TrainResult`` per member, in order (see the module docstring)."""
-    from mfverify.train import DTYPES, TrainResult, _batches, _loss_check_interval, build_model, objective_options
-    from mfverify.train import resolve_device
+    from mfverify.train import (DTYPES, TrainResult, _batches, _loss_check_interval, build_model, objective_options,
+                                optimizer, resolve_device)
 
     cfgs = list(cfgs)
     if not cfgs:
@@ -144,9 +136,7 @@ def train_ensemble(cfgs, progress: bool = True):
     ens = Ensemble(models)
     params = [ens.stacked[_key(n)] for n in ens.names]  # in the members' own order
     ema_params = [p.detach().clone() for p in params]
-    opt_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[first.optimizer]
-    opt = opt_class(params, lr=first.lr, weight_decay=first.weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=first.steps) if first.lr_schedule == "cosine" else None
+    opt, schedule = optimizer(first, params)  # elementwise: k independent optimisers
     objective = objectives.get(first.objective)
     options = objective_options(first)
     if objective.needs_truth:

@@ -143,10 +143,9 @@ def _in_unit(name, key, low_open=False):
     return check
 
 
-def _relative(name, inner, options, low_open=False, bounded=True, **properties):
+def _relative(name, inner, options=None, check=_check_jvp, **properties):
     inner.__name__ = name
-    check = _in_unit(name, next(iter(options)), low_open) if bounded else _check_jvp
-    return Objective(name=name, loss=_on_path(inner), options={"jvp": DEFAULT_BACKEND, **options},
+    return Objective(name=name, loss=_on_path(inner), options={"jvp": DEFAULT_BACKEND, **(options or {})},
                      check_options=check, weighting=True, **properties)
 
 
@@ -154,18 +153,14 @@ def _relative(name, inner, options, low_open=False, bounded=True, **properties):
 # gradient, so it is 2 R . h with R affine in v_c (split_mf: free of v_c off the diagonal)
 # or not polynomial in v_c (alpha_flow: u_theta(x_t - alpha (t - r) v_c, ...)) but at alpha = 1;
 # modular_mf: dR = h + lam (t - r) D_h[v_c], quadratic; mf_cv: R affine in v_c, dR = h
-split_mf = _relative("split_mf", _split_mf, {"lam": None}, quadratic_in_v_c=True)
-modular_mf = _relative("modular_mf", _modular_mf, {"lam": 0.5}, quadratic_in_v_c=True)
-mf_cv = _relative("mf_cv", _mf_cv, {"beta": 0.5}, bounded=False, quadratic_in_v_c=True)  # any real beta
-alpha_flow = _relative("alpha_flow", _alpha_flow, {"alpha": 0.5}, low_open=True,
+split_mf = _relative("split_mf", _split_mf, {"lam": None}, _in_unit("split_mf", "lam"), quadratic_in_v_c=True)
+modular_mf = _relative("modular_mf", _modular_mf, {"lam": 0.5}, _in_unit("modular_mf", "lam"), quadratic_in_v_c=True)
+mf_cv = _relative("mf_cv", _mf_cv, {"beta": 0.5}, quadratic_in_v_c=True)  # any real beta
+alpha_flow = _relative("alpha_flow", _alpha_flow, {"alpha": 0.5}, _in_unit("alpha_flow", "alpha", low_open=True),
                        quadratic_in_v_c=lambda o: o["alpha"] == 1.0)
-
 # the self-distillation losses hold no v_c off the diagonal: at u* their residual is zero pointwise
-lsd = Objective(name="lsd", loss=_on_path(_lsd), options={"jvp": DEFAULT_BACKEND}, check_options=_check_jvp,
-                weighting=True, quadratic_in_v_c=True)
-esd = Objective(name="esd", loss=_on_path(_esd), options={"jvp": DEFAULT_BACKEND}, check_options=_check_jvp,
-                weighting=True, quadratic_in_v_c=True)
-psd = Objective(name="psd", loss=_on_path(_psd), options={"jvp": DEFAULT_BACKEND, "split": "uniform"},
-                check_options=_check_split, weighting=True, quadratic_in_v_c=True)
+lsd = _relative("lsd", _lsd, quadratic_in_v_c=True)
+esd = _relative("esd", _esd, quadratic_in_v_c=True)
+psd = _relative("psd", _psd, {"split": "uniform"}, _check_split, quadratic_in_v_c=True)
 
 RELATIVES = ("split_mf", "modular_mf", "mf_cv", "alpha_flow", "lsd", "esd", "psd")

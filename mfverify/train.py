@@ -144,6 +144,14 @@ def build_model(cfg: TrainConfig, d: int) -> torch.nn.Module:
     return build_network(cfg.network, d, dict(cfg.network_options), dtype=torch.float32)
 
 
+def optimizer(cfg: TrainConfig, params):
+    """``(optimiser, lr schedule or None)`` of a run."""
+    opt_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer]
+    opt = opt_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps) if cfg.lr_schedule == "cosine" else None
+    return opt, schedule
+
+
 _CHUNK = 100  # training steps whose batches are drawn (and, on a GPU, losses read) together
 
 
@@ -177,12 +185,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, mixture.d).to(device=device, dtype=dtype)
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer]
     model_params, ema_params = list(model.parameters()), list(ema.parameters())
-    opt = opt_class(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = None
-    if cfg.lr_schedule == "cosine":
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+    opt, schedule = optimizer(cfg, model.parameters())
     objective = objectives.get(cfg.objective)
     options = objective_options(cfg)
     if objective.needs_truth:

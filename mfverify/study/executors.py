@@ -41,14 +41,11 @@ class Serial:
         pass
 
     def run(self, calls):
-        import torch
+        from mfverify.study.runner import one_thread
 
-        threads = torch.get_num_threads()
-        try:
+        with one_thread():  # as a worker runs; the caller's thread count is restored after
             for args in calls:
                 yield _call(args)
-        finally:  # a job pins one thread: this process (the driver's baselines) gets its own back
-            torch.set_num_threads(threads)
 
     def close(self):
         pass

@@ -44,6 +44,7 @@ from mfverify.sample import average_velocity_sampler, euler, heun, model_as_velo
 from mfverify.models import networks
 from mfverify.registry import import_modules
 from mfverify.study.config import MODEL_BASELINES, Study, as_dict, to_toml
+from mfverify.study.tables import csv_text
 from mfverify.train import DTYPES, checkpoint, resolve_device, train
 from mfverify.times import sample_times
 
@@ -118,15 +119,6 @@ def field_grid_errors(u_theta, grid: dict, r0_only: bool = False) -> list[dict]:
 FIELD_COLUMNS = ["r", "t", "field_error", "u_sq", "relative"]
 
 
-def _table_text(rows, columns) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-    return buf.getvalue()
-
-
 def _keep_samples(store: dict, method: str, nfe: int, x: torch.Tensor, k: int) -> None:
     store.setdefault("method", []).append(method)
     store.setdefault("nfe", []).append(int(nfe))
@@ -191,13 +183,13 @@ def _run_baselines(study: Study, out: Path, case: str, path: Path, samples_path:
     u = lambda x, r, t: truth.average_velocity(mixture, x, r, t)  # noqa: E731
     v = lambda x, t: truth.velocity(mixture, x, t)  # noqa: E731
     rows, samples = [], {}
-    shown, k = study.eval.figure_nfe(), study.eval.sample_points
+    shown = study.eval.figure_nfe()
 
     def record(method, x, n):
         nonlocal rows
         rows += _rows(name, case, method, "", n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
         if n in shown:
-            _keep_samples(samples, method, n, x, k)
+            _keep_samples(samples, method, n, x, study.eval.sample_points)
 
     for nfe in study.eval.nfe:
         if "exact_u" in study.study.baselines:
@@ -249,7 +241,7 @@ def evaluate(study: Study, truth_blob: dict, case: str, objective: str, seed: in
     name = study.study.name
     u = _as_u(model, device, dtype)
     rows, samples = [], {}
-    shown, k = (study.eval.figure_nfe() if seed == 0 else ()), study.eval.sample_points
+    shown = study.eval.figure_nfe() if seed == 0 else ()  # the samples figure shows seed 0
     r0_only = objectives.get(objective).trained_at_r0
     # trained at r = 0 only (scm): its multi-step use would query u(x, r > 0, t), never trained
     nfes = [1] if r0_only else list(study.eval.nfe)
@@ -257,7 +249,7 @@ def evaluate(study: Study, truth_blob: dict, case: str, objective: str, seed: in
         x, n = average_velocity_sampler(u, x1, uniform_grid(nfe))
         rows += _rows(name, case, objective, seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
         if n in shown:
-            _keep_samples(samples, objective, n, x, k)
+            _keep_samples(samples, objective, n, x, study.eval.sample_points)
     v = model_as_velocity(u)
     for nfe in study.eval.nfe:
         for baseline, (source, per_step) in MODEL_BASELINES.items():
@@ -265,7 +257,7 @@ def evaluate(study: Study, truth_blob: dict, case: str, objective: str, seed: in
                 x, n = _SAMPLERS[baseline](v, x1, uniform_grid(nfe // per_step))
                 rows += _rows(name, case, baseline, seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
                 if n in shown:
-                    _keep_samples(samples, baseline, n, x, k)
+                    _keep_samples(samples, baseline, n, x, study.eval.sample_points)
     # field error E|u_theta - u|^2 over x_t ~ p_t, (r, t) from the training time law
     g = torch.Generator().manual_seed(study.eval.noise_seed + 1000 + seed)
     k = study.eval.field_samples
@@ -287,10 +279,6 @@ class Job:
     case: str
     objective: str
     seeds: tuple
-
-    @property
-    def label(self) -> str:
-        return f"{self.case}/{self.objective}/seed{','.join(map(str, self.seeds))}"
 
 
 def plan(study: Study, out: Path, ensemble: bool = False) -> list[Job]:
@@ -332,7 +320,7 @@ def execute(study: Study, job: Job, truth_blob: dict, progress: bool = False, mo
             rows, samples, field = evaluate(study, truth_blob, job.case, job.objective, cfg.seed, result.ema, device, dtype)
         if samples:
             files["samples.pt"] = torch_bytes(samples)
-        files["field_grid.csv"] = _table_text(field, FIELD_COLUMNS).encode()
+        files["field_grid.csv"] = csv_text(field, FIELD_COLUMNS).encode()
         files["rows.csv"] = _rows_text(rows).encode()
         record = {
             "study": study.study.name,
@@ -358,12 +346,6 @@ def store(out: Path, output: dict) -> dict:
         write_bytes(folder / name, data)
     write_text(folder / "run.json", json.dumps(output["record"], indent=1))
     return output["record"]
-
-
-def run_one(study: Study, out: Path, case: str, objective: str, seed: int, progress: bool) -> dict:
-    """Train, evaluate and store one run; returns its runs.csv row."""
-    (output,) = execute(study, Job(case, objective, (seed,)), load_truth(out, case), progress)
-    return store(out, output)
 
 
 def _worker_init(modules=(), parent=None):

@@ -191,15 +191,20 @@ def field_error_table(study, out: Path, case: str) -> list[dict]:
     return table
 
 
-def write_csv(path: Path, table: list[dict], columns=None) -> None:
-    """A table as CSV, floats written by ``repr`` (they read back bit for bit), atomically."""
+def csv_text(table: list[dict], columns=None) -> str:
+    """A table as CSV text, floats written by ``repr`` (they read back bit for bit)."""
     buf = io.StringIO()
     columns = columns or (list(table[0]) if table else [])
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in table:
         writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-    write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv(path: Path, table: list[dict], columns=None) -> None:
+    """``csv_text`` written atomically."""
+    write_text(path, csv_text(table, columns))
 
 
 def read_csv(path) -> list[dict]:
