@@ -47,6 +47,19 @@ def _to_float64(name: str, value, ndim: int | None = None) -> torch.Tensor:
     return tensor
 
 
+def _check_labels(labels, K: int) -> torch.Tensor | None:
+    """Per-component class labels (K,) int64, every class in ``0 .. max`` used; None: unlabelled."""
+    if labels is None:
+        return None
+    arr = np.asarray(labels)
+    if arr.shape != (K,) or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"labels must be {K} integers (one class per component), got {labels!r}")
+    if arr.min() < 0 or set(arr.tolist()) != set(range(int(arr.max()) + 1)):
+        raise ValueError(f"labels must use every class 0 .. n_classes - 1 (a class without components has no "
+                         f"law), got {arr.tolist()}")
+    return torch.as_tensor(arr, dtype=torch.int64)
+
+
 def _check_weights(weights: torch.Tensor, name: str = "weights") -> None:
     if (weights < 0).any():
         raise ValueError(f"{name} must be non-negative, found {weights.min().item()}")
@@ -63,7 +76,7 @@ class GaussianMixture:
     ``S_k = Q_k diag(lam_k) Q_k^T`` is computed once and cached.
     """
 
-    def __init__(self, weights, means, covs, description: str = ""):
+    def __init__(self, weights, means, covs, description: str = "", labels=None):
         w = _to_float64("weights", weights, ndim=1)
         mu = _to_float64("means", means, ndim=2)
         S = _to_float64("covs", covs, ndim=3)
@@ -88,6 +101,7 @@ class GaussianMixture:
                 f"covs[{k}] is not positive semi-definite: smallest eigenvalue {lam[k].min().item():.3e}"
             )
         self.weights, self.means, self.covs = w, mu, S
+        self.labels = _check_labels(labels, K)
         self.eigvals = lam.clamp_min(0.0)  # (K, d), round-off negatives -> 0
         self.eigvecs = Q  # (K, d, d), columns are eigenvectors
         self.description = description
@@ -112,7 +126,47 @@ class GaussianMixture:
         return bool((self.eigvals == 0).any())
 
     def __repr__(self) -> str:
-        return f"GaussianMixture(K={self.K}, d={self.d})"
+        classes = "" if self.labels is None else f", classes={self.n_classes}"
+        return f"GaussianMixture(K={self.K}, d={self.d}{classes})"
+
+    # ------------------------------------------------------------ labelled mixtures
+
+    @property
+    def n_classes(self) -> int:
+        """Number of class labels (0 for an unlabelled mixture); labels are ``0 .. n_classes - 1``."""
+        return 0 if self.labels is None else int(self.labels.max()) + 1
+
+    def class_weights(self) -> torch.Tensor:
+        """``P(c)`` (n_classes,): the summed weights of each class's components."""
+        self._need_labels()
+        return torch.zeros(self.n_classes, dtype=torch.float64).index_add_(0, self.labels, self.weights)
+
+    def class_mixture(self, c: int) -> "GaussianMixture":
+        """The class's own law ``p0(x | c)``: its components, weights renormalised (cached)."""
+        self._need_labels()
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < self.n_classes:
+            raise ValueError(f"class label must be an int in [0, {self.n_classes}), got {c!r}")
+        cache = self.__dict__.setdefault("_classes", {})
+        if int(c) not in cache:
+            keep = self.labels == int(c)
+            w = self.weights[keep]
+            cache[int(c)] = GaussianMixture(w / w.sum(), self.means[keep], self.covs[keep],
+                                            description=f"class {int(c)} of {self.description or repr(self)}")
+        return cache[int(c)]
+
+    def sample_labelled(self, n: int, generator: torch.Generator | None = None):
+        """``(x0 (n, d), labels (n,) int64)``: the same draws as ``sample`` (same generator state,
+        same ``x0``), with each draw's class label."""
+        self._need_labels()
+        n = _check_count("n", n)
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.d, dtype=torch.float64, generator=generator)
+        root = self.eigvecs * self.eigvals.sqrt()[:, None, :]
+        return self.means[k] + torch.einsum("nij,nj->ni", root[k], eps), self.labels[k]
+
+    def _need_labels(self):
+        if self.labels is None:
+            raise ValueError(f"{self!r} has no class labels (build it with labels=...)")
 
     def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Parameters on ``device``, laid out for batched evaluation.
@@ -272,6 +326,16 @@ def _ring8() -> GaussianMixture:
     return GaussianMixture(np.full(8, 1 / 8), means, covs)
 
 
+def _ring8_labelled() -> GaussianMixture:
+    ring = _ring8()
+    return GaussianMixture(ring.weights, ring.means, ring.covs, labels=np.arange(8))
+
+
+def _ring8_two_classes() -> GaussianMixture:
+    ring = _ring8()
+    return GaussianMixture(ring.weights, ring.means, ring.covs, labels=np.arange(8) % 2)
+
+
 def _narrow2d() -> GaussianMixture:
     means = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
     covs = np.broadcast_to(1e-3**2 * np.eye(2), (4, 2, 2))
@@ -342,6 +406,9 @@ for _name, _build, _description in [
     ("bimodal1d", _bimodal1d, "1-D two components, unequal weights (0.3/0.7) and widths (0.2/0.5)"),
     ("gauss2d_aniso", _gauss2d_aniso, "one 2-D Gaussian with a correlated full covariance"),
     ("ring8", _ring8, "8 components on a circle of radius 2, std 0.1"),
+    ("ring8_labelled", _ring8_labelled, "ring8 with class labels: component k is class k (8 classes)"),
+    ("ring8_two_classes", _ring8_two_classes,
+     "ring8 with two classes of four components each: even components class 0, odd class 1"),
     ("narrow2d", _narrow2d, "4 components at (+-1, +-1) of std 1e-3"),
     ("dirac2d", _dirac2d, "a finite data set of 6 points in 2-D (covariances 0)"),
     ("product8d", _product8d, "product of 8 independent 1-D bimodal mixtures (exact by quantiles)"),

@@ -123,6 +123,9 @@ def train_ensemble(cfgs, progress: bool = True):
     for cfg in cfgs[1:]:
         if replace(cfg, seed=first.seed) != first:
             raise ValueError("the configurations of an ensemble must differ in seed only")
+    if first.conditional or objectives.get(first.objective).heads != 1:
+        raise ValueError(f"objective {first.objective!r}{' (conditional)' if first.conditional else ''}: an "
+                         "ensemble evaluates one-head unconditional members only; train these runs one by one")
     seeds = [cfg.seed for cfg in cfgs]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"the members' seeds must be distinct, got {seeds}")

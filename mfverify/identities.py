@@ -86,6 +86,10 @@ class ExactModel:
         derivatives = self._derivatives(xd, rd, td)
         return _first_order(derivatives, x - xd, r - rd, t - td)
 
+    def velocity(self, x, t):
+        """``v(x, t)``, the closed form (differentiable): the exact second head of a two-head model."""
+        return truth.velocity(self.mixture, x, t)
+
     def _derivatives(self, x, r, t):
         for key, value in self._memo:
             if all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(key, (x, r, t))):
@@ -140,12 +144,24 @@ def eps_derivative(objective, model, h, x, r, t, v_c, **options) -> torch.Tensor
     x0 = x - col(t) * v_c  # then x_t = (1-t) x0 + t x1 = x and x1 - x0 = v_c
     x1 = x + col(1 - t) * v_c
     eps = torch.zeros(x.shape[0], 1, dtype=x.dtype, requires_grad=True)
-    perturbed = lambda a, b, c: model(a, b, c) + eps * h(a, b, c)  # noqa: E731
-    loss = objectives.get(objective)(perturbed, x0, x1, r, t, **options)
+    loss = objectives.get(objective)(_Perturbed(model, h, eps), x0, x1, r, t, **options)
     if not loss.requires_grad:
         return torch.zeros(x.shape[0], dtype=x.dtype)  # the loss does not depend on the model
     (grad,) = torch.autograd.grad(loss.sum(), eps, allow_unused=True)
     return torch.zeros(x.shape[0], dtype=x.dtype) if grad is None else grad[:, 0]
+
+
+class _Perturbed:
+    """``u + eps h``; a two-head base (``velocity``) is perturbed in its second head by
+    ``eps h(x, t, t)`` too (at ``u*`` every direction of either head must give zero)."""
+
+    def __init__(self, model, h, eps):
+        self.model, self.h, self.eps = model, h, eps
+        if hasattr(model, "velocity"):
+            self.velocity = lambda x, t: model.velocity(x, t) + eps * h(x, t, t)
+
+    def __call__(self, x, r, t):
+        return self.model(x, r, t) + self.eps * self.h(x, r, t)
 
 
 class NotQuadratic(ValueError):

@@ -79,6 +79,19 @@ class MeanFlowMLP(nn.Module):
 
     ``time_inputs="t,t-r"`` (default) feeds ``t`` and the interval ``t - r``;
     ``"t,r"`` feeds ``t`` and ``r``. ``depth`` hidden layers of ``width`` with SiLU.
+
+    Two heads (``heads=2``, for objectives that train ``(u_theta, v_theta)`` such as
+    ``imf``): the last layer has ``2 d`` outputs, ``u_theta(x, r, t)`` the first ``d``
+    and ``velocity(x, t) = v_theta(x, t)`` the last ``d`` at ``(x, t, t)``. With one
+    head ``velocity(x, t)`` is ``u_theta(x, t, t)`` itself (the tied instantaneous
+    velocity). ``forward`` and ``jvp`` are ``u_theta``'s either way, so sampling and
+    every evaluation use the ``u`` head.
+
+    Class-conditional (``n_classes > 0``, for labelled mixtures): every call takes
+    ``labels`` (n,) int64 in ``0 .. n_classes - 1`` or ``NO_LABEL`` (-1, the "none"
+    label of classifier-free guidance), fed as a one-hot of ``n_classes + 1`` inputs;
+    ``labels=None`` is "none" for every row. ``Conditioned(model, labels)`` binds them,
+    so that every objective trains a conditional model unchanged.
     """
 
     def __init__(
@@ -90,35 +103,63 @@ class MeanFlowMLP(nn.Module):
         time_features: str = "sinusoidal",
         n_freqs: int = 8,
         max_freq: float = 64.0,
+        heads: int = 1,
+        n_classes: int = 0,
         dtype: torch.dtype | None = None,
     ):
         """``dtype``: of the parameters as initialised (default: torch's default dtype).
         The initial draws depend on it, so fix it where results must not depend on the
         caller's default dtype (``train.build_model`` uses float32)."""
         super().__init__()
-        for name, value in (("d", d), ("width", width), ("depth", depth), ("n_freqs", n_freqs)):
+        for name, value in (("d", d), ("width", width), ("depth", depth), ("n_freqs", n_freqs), ("heads", heads)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if time_inputs not in TIME_INPUTS:
             raise ValueError(f"time_inputs must be one of {TIME_INPUTS}, got {time_inputs!r}")
-        self.d, self.time_inputs = d, time_inputs
+        if heads > 2:
+            raise ValueError(f"heads must be 1 (u) or 2 (u, v), got {heads!r}")
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 0:
+            raise ValueError(f"n_classes must be an int >= 0 (0: unconditional), got {n_classes!r}")
+        self.d, self.time_inputs, self.heads, self.n_classes = d, time_inputs, heads, n_classes
         if not max_freq > 0:
             raise ValueError(f"max_freq must be positive, got {max_freq!r}")
         self.time_a = TimeFeatures(time_features, n_freqs, max_freq, seed=0, dtype=dtype)
         self.time_b = TimeFeatures(time_features, n_freqs, max_freq, seed=1, dtype=dtype)
         layers: list[nn.Module] = []
-        fan_in = d + self.time_a.dim + self.time_b.dim
+        fan_in = d + self.time_a.dim + self.time_b.dim + (n_classes + 1 if n_classes else 0)
         for _ in range(depth):
             layers += [nn.Linear(fan_in, width, dtype=dtype), nn.SiLU()]
             fan_in = width
-        layers.append(nn.Linear(fan_in, d, dtype=dtype))
+        layers.append(nn.Linear(fan_in, heads * d, dtype=dtype))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        second = t - r if self.time_inputs == "t,t-r" else r
-        return self.net(torch.cat([x, self.time_a(t), self.time_b(second)], dim=1))
+    def _label_inputs(self, labels, x):
+        """The one-hot of ``labels`` (-1: the last, "none", slot), or nothing if unconditional."""
+        if not self.n_classes:
+            if labels is not None:
+                raise ValueError("labels given to an unconditional network (n_classes = 0)")
+            return []
+        if labels is None:
+            labels = torch.full((x.shape[0],), NO_LABEL, dtype=torch.int64, device=x.device)
+        if labels.shape != (x.shape[0],) or labels.dtype != torch.int64:
+            raise ValueError(f"labels must be an ({x.shape[0]},) int64 tensor, got {tuple(labels.shape)} {labels.dtype}")
+        slot = torch.where(labels < 0, self.n_classes, labels)
+        return [nn.functional.one_hot(slot, self.n_classes + 1).to(x.dtype)]
 
-    def jvp(self, x, r, t, dx, dr, dt, tangent_grad: bool = True):
+    def _outputs(self, x, r, t, labels=None):
+        second = t - r if self.time_inputs == "t,t-r" else r
+        return self.net(torch.cat([x, self.time_a(t), self.time_b(second), *self._label_inputs(labels, x)], dim=1))
+
+    def forward(self, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor, labels=None) -> torch.Tensor:
+        out = self._outputs(x, r, t, labels)
+        return out if self.heads == 1 else out[:, : self.d]
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, labels=None) -> torch.Tensor:
+        """``v_theta(x, t)``: the second head at ``(x, t, t)``, or ``u_theta(x, t, t)`` with one head."""
+        out = self._outputs(x, t, t, labels)
+        return out if self.heads == 1 else out[:, self.d :]
+
+    def jvp(self, x, r, t, dx, dr, dt, tangent_grad: bool = True, labels=None):
         """``(u, J_x u . dx + d_r u dr + d_t u dt)``: forward mode written out layer by layer.
 
         One pass carries the primal and the tangent (``Linear``: ``dh -> W dh``;
@@ -130,9 +171,10 @@ class MeanFlowMLP(nn.Module):
         second, dsecond = (t - r, dt - dr) if self.time_inputs == "t,t-r" else (r, dr)
         fa, dfa = self.time_a.forward_with_tangent(t, dt)
         fb, dfb = self.time_b.forward_with_tangent(second, dsecond)
-        h = torch.cat([x, fa, fb], dim=1)
+        onehot = self._label_inputs(labels, x)
+        h = torch.cat([x, fa, fb, *onehot], dim=1)
         with tangent_mode:
-            dh = torch.cat([dx, dfa, dfb], dim=1)
+            dh = torch.cat([dx, dfa, dfb, *(torch.zeros_like(a) for a in onehot)], dim=1)
         for layer in self.net:
             if isinstance(layer, nn.Linear):
                 h = layer(h)
@@ -145,7 +187,43 @@ class MeanFlowMLP(nn.Module):
                     with torch.no_grad():
                         dh = torch.ops.aten.silu_backward(dh, h)
                 h = nn.functional.silu(h)
-        return h, dh
+        return (h, dh) if self.heads == 1 else (h[:, : self.d], dh[:, : self.d])
+
+
+NO_LABEL = -1  # the "none" label of classifier-free guidance (label dropout)
+
+
+class Conditioned:
+    """A class-conditional model with its labels bound: ``model(x, r, t)`` is
+    ``net(x, r, t, labels)``, and ``jvp`` and ``velocity`` likewise, so that any
+    objective trains it unchanged (the objective must call it on its whole batch:
+    the labels are per row). ``unconditional()`` is the same network with the "none"
+    label on every row (MeanFlow's guided target needs both)."""
+
+    def __init__(self, net, labels: torch.Tensor):
+        self.net, self.labels = net, labels
+        if hasattr(net, "jvp"):
+            self.jvp = self._jvp
+        if hasattr(net, "velocity"):
+            self.velocity = self._velocity
+
+    def _rows(self, x):
+        if x.shape[0] != self.labels.shape[0]:
+            raise ValueError(f"a conditioned model holds labels for {self.labels.shape[0]} rows, called on "
+                             f"{x.shape[0]}: an objective must call the model on its whole batch")
+        return self.labels
+
+    def __call__(self, x, r, t):
+        return self.net(x, r, t, labels=self._rows(x))
+
+    def _jvp(self, x, r, t, dx, dr, dt, tangent_grad=True):
+        return self.net.jvp(x, r, t, dx, dr, dt, tangent_grad=tangent_grad, labels=self._rows(x))
+
+    def _velocity(self, x, t):
+        return self.net.velocity(x, t, labels=self._rows(x))
+
+    def unconditional(self) -> "Conditioned":
+        return Conditioned(self.net, torch.full_like(self.labels, NO_LABEL))
 
 
 # ------------------------------------------------------------ the network registry

@@ -64,6 +64,12 @@ class Objective:
     - ``surrogate``: the value means nothing, only its gradient (``scm``).
     - ``heads``: outputs of the network the loss trains (2: ``(u, v)``).
     - ``needs_truth``: the loss takes the exact mixture as ``mixture=`` (oracles).
+    - ``needs_labels``: the loss needs a class-conditional model with its labels bound
+      (``models.Conditioned``): a bool or a predicate on the options (``mf`` with guidance).
+    - ``guidance(options) -> (w, interval)``: the guided field a conditional model
+      trained with these options learns, ``v_w`` with ``w`` acting on the times of
+      ``interval`` (``truth.guided_average_velocity``); ``None``: the class's own field
+      (``w = 1``), what any objective learns when trained conditionally.
     - ``options``: option names and defaults; ``None`` as a default means "off"
       and admits a float. ``check_options(options)`` may reject values.
     - ``schedule(step, steps, options) -> options``: options per training step.
@@ -77,6 +83,8 @@ class Objective:
     surrogate: bool = False
     heads: int = 1
     needs_truth: bool = False
+    needs_labels: bool | Callable[[Mapping[str, Any]], bool] = False
+    guidance: Callable[[Mapping[str, Any]], tuple] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     accepts_any_option: bool = False
     check_options: Callable[[Mapping[str, Any]], None] | None = None
@@ -122,6 +130,15 @@ class Objective:
             return False
         q = self.quadratic_in_v_c
         return bool(q(options) if callable(q) else q)
+
+    def labels_needed(self, options: Mapping[str, Any] | None = None) -> bool:
+        """Whether the loss with these options needs a class-conditional model (as declared)."""
+        q = self.needs_labels
+        return bool(q(self.resolve_options(options)) if callable(q) else q)
+
+    def guided_target(self, options: Mapping[str, Any] | None = None) -> tuple[float, tuple | None]:
+        """``(w, interval)`` of the field a conditional model trained with these options learns."""
+        return (1.0, None) if self.guidance is None else tuple(self.guidance(self.resolve_options(options)))
 
     def options_at(self, step: int, steps: int, options: Mapping[str, Any]) -> Mapping[str, Any]:
         """The options of training step ``step`` (of ``steps``): the schedule's, if any."""
@@ -280,6 +297,11 @@ class _CheckedModel:
         self.model = model
         if hasattr(model, "jvp"):
             self.jvp = self._jvp
+        if hasattr(model, "velocity"):
+            self.velocity = self._velocity
+        if hasattr(model, "unconditional"):  # a conditioned model (models.Conditioned)
+            self.labels = model.labels
+            self.unconditional = lambda: _CheckedModel(model.unconditional())
 
     @staticmethod
     def _check(u, x):
@@ -290,6 +312,13 @@ class _CheckedModel:
 
     def __call__(self, x, r, t):
         return self._check(self.model(x, r, t), x)
+
+    def _velocity(self, x, t):
+        v = self.model.velocity(x, t)
+        if not isinstance(v, torch.Tensor) or v.shape != x.shape:
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(f"model.velocity(x, t) must return a tensor of shape {tuple(x.shape)} like x, got {got}")
+        return v
 
     def _jvp(self, x, r, t, dx, dr, dt, tangent_grad=True):
         u, du = self.model.jvp(x, r, t, dx, dr, dt, tangent_grad=tangent_grad)
@@ -351,10 +380,41 @@ def mf_sg(model, x_t, v_c, r, t, backend):
     return _sq(U + _col(t - r) * D.detach() - v_c)
 
 
-def mf(model, x_t, v_c, r, t, backend):
-    """``|U + (t-r) sg(D[v_c]) - v_c|^2``: the MeanFlow paper's loss."""
+def mf(model, x_t, v_c, r, t, backend, w=1.0, k=0.0, guidance_from=0.0, guidance_to=1.0):
+    """``|U + (t-r) sg(D[v_c]) - v_c|^2``: the MeanFlow paper's loss.
+
+    Training-time guidance (a class-conditional model, ``models.Conditioned``): ``v_c`` is
+    replaced, as target and as tangent, by ``v~ = w v_c + k sg(u(x_t, t, t | c)) +
+    (1 - w - k) sg(u(x_t, t, t | none))`` on the rows with a label and
+    ``guidance_from <= t <= guidance_to`` (``v_c`` elsewhere). Its fixed point is the
+    average velocity of the guided field ``v_{w'}``, ``w' = w / (1 - k)`` in the interval
+    and the class's own ``v(x, t | c)`` outside (``truth.guided_average_velocity``).
+    """
+    if w != 1.0 or k != 0.0:
+        v_c = _guided_velocity_target(model, x_t, v_c, t, w, k, guidance_from, guidance_to)
     U, D = jvp(model, x_t, r, t, v_c, torch.zeros_like(r), torch.ones_like(t), backend, tangent_grad=False)
     return _sq(U + _col(t - r) * D.detach() - v_c)
+
+
+def _guided_velocity_target(model, x_t, v_c, t, w, k, lo, hi):
+    if not hasattr(model, "unconditional"):
+        raise TypeError("guidance (w != 1 or k != 0) needs a class-conditional model with its labels bound "
+                        "(models.Conditioned; [train] conditional = true on a labelled case)")
+    with torch.no_grad():
+        u_c = model(x_t, t, t)
+        u_none = model.unconditional()(x_t, t, t)
+    guided = w * v_c + k * u_c + (1 - w - k) * u_none
+    use = (model.labels >= 0) & (t >= lo) & (t <= hi)
+    return torch.where(_col(use), guided, v_c)
+
+
+def _check_mf(options):
+    _check_jvp(options)
+    if not options["k"] < 1:
+        raise ValueError(f"objective 'mf': the mixing scale k must be < 1, got {options['k']!r}")
+    if not 0 <= options["guidance_from"] <= options["guidance_to"] <= 1:
+        raise ValueError("objective 'mf': need 0 <= guidance_from <= guidance_to <= 1, got "
+                         f"{options['guidance_from']!r}, {options['guidance_to']!r}")
 
 
 def mf_nosg(model, x_t, v_c, r, t, backend):
@@ -406,6 +466,12 @@ def _check_scm(options):
 # dR free of it; mf_full: dR holds no v_c either) or quadratic (mf_nosg: dR = h +
 # (t-r) D_h[v_c]); scm's is linear, unless its tangent is normalised (not polynomial)
 for _inner in (fm, mf_full, mf_sg, mf, mf_nosg, shortcut):
+    if _inner is mf:
+        _builtin(mf, weighting=True, quadratic_in_v_c=True, check_options=_check_mf,
+                 needs_labels=lambda o: o["w"] != 1.0 or o["k"] != 0.0,
+                 guidance=lambda o: (o["w"] / (1 - o["k"]), (o["guidance_from"], o["guidance_to"])),
+                 options={"w": 1.0, "k": 0.0, "guidance_from": 0.0, "guidance_to": 1.0})
+        continue
     _builtin(_inner, weighting=True, quadratic_in_v_c=True)
 _builtin(
     scm,

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from mfverify import objectives
 from mfverify.cases import get_case
 from mfverify.io import save_torch
-from mfverify.models import build_network, network_options
+from mfverify.models import NO_LABEL, Conditioned, build_network, network_options
 from mfverify.times import KINDS as TIME_SAMPLERS
 from mfverify.times import sample_times
 
@@ -47,6 +47,8 @@ class TrainConfig:
     p: float = 0.0  # adaptive weighting, for objectives that take it (Objective.weighting)
     c: float = 1e-3
     jvp: str = "auto"  # JVP back-end, for objectives that take one
+    conditional: bool = False  # class-conditional on a labelled case (the network gets n_classes)
+    label_dropout: float = 0.1  # conditional: share of rows trained with the "none" label
     network: str = "mlp"  # a name in mfverify.models.networks or "module:attr"
     network_options: tuple = ()  # ((key, value), ...) for the network's builder
     objective_options: tuple = ()  # ((key, value), ...) for the objective
@@ -68,6 +70,17 @@ class TrainConfig:
         unknown = sorted(set(dict(self.network_options)) - set(known))
         if unknown:
             raise TypeError(f"network {self.network!r} got unexpected options {unknown}; its options: {', '.join(known)}")
+        if not 0.0 <= self.label_dropout < 1.0 or isinstance(self.label_dropout, bool):
+            raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout!r}")
+        if not isinstance(self.conditional, bool):
+            raise TypeError(f"conditional must be a bool, got {self.conditional!r}")
+        if self.conditional and getattr(get_case(self.case), "labels", None) is None:
+            raise ValueError(f"conditional = true needs a labelled case (a GaussianMixture with labels), "
+                             f"{self.case!r} has none")
+        if not self.conditional and objectives.get(self.objective).labels_needed(objective_options(self)):
+            raise ValueError(f"objective {self.objective!r} with options {dict(self.objective_options)} trains a "
+                             "class-conditional model: set conditional = true (on a labelled case)")
+        network_options_of(self)  # raises where the objective's heads and the network disagree
         for name in ("steps", "batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -138,10 +151,32 @@ def objective_options(cfg: TrainConfig) -> dict:
     return objective.resolve_options(options)
 
 
+def network_options_of(cfg: TrainConfig) -> dict:
+    """The network's options: ``cfg.network_options``, and ``heads`` where the objective
+    trains more than one head (``Objective.heads``; the network must take ``heads``)."""
+    options = dict(cfg.network_options)
+    heads = objectives.get(cfg.objective).heads
+    if heads != 1:
+        if "heads" not in network_options(cfg.network):
+            raise ValueError(f"objective {cfg.objective!r} trains {heads} heads, but network {cfg.network!r} "
+                             "takes no 'heads' option")
+        if options.setdefault("heads", heads) != heads:
+            raise ValueError(f"objective {cfg.objective!r} trains {heads} heads, network_options has "
+                             f"heads = {options['heads']!r}")
+    if cfg.conditional:
+        if "n_classes" not in network_options(cfg.network):
+            raise ValueError(f"conditional = true, but network {cfg.network!r} takes no 'n_classes' option")
+        n_classes = get_case(cfg.case).n_classes
+        if options.setdefault("n_classes", n_classes) != n_classes:
+            raise ValueError(f"case {cfg.case!r} has {n_classes} classes, network_options has "
+                             f"n_classes = {options['n_classes']!r}")
+    return options
+
+
 def build_model(cfg: TrainConfig, d: int) -> torch.nn.Module:
     # initialised in float32 whatever torch's default dtype is (the initial draws depend
     # on it), then cast to cfg.dtype by the caller: a seed gives the same model everywhere
-    return build_network(cfg.network, d, dict(cfg.network_options), dtype=torch.float32)
+    return build_network(cfg.network, d, network_options_of(cfg), dtype=torch.float32)
 
 
 def optimizer(cfg: TrainConfig, params):
@@ -156,22 +191,31 @@ _CHUNK = 100  # training steps whose batches are drawn (and, on a GPU, losses re
 
 
 def _batches(cfg: TrainConfig, mixture, g: torch.Generator, device, dtype):
-    """Per step ``(x0, x1, r, t)`` on ``device``: drawn on the CPU in float64 from ``g``,
-    step by step in the same order whatever the chunking, and moved a chunk at a time
-    (one host-to-device copy per chunk instead of four per step)."""
+    """Per step ``(x0, x1, r, t)`` on ``device`` (and the labels, ``conditional``): drawn on the
+    CPU in float64 from ``g``, step by step in the same order whatever the chunking, and moved
+    a chunk at a time (one host-to-device copy per chunk instead of four per step). Labels
+    come with the same draws of ``x0`` (``sample_labelled``); a share ``label_dropout`` of
+    them, drawn after the times, is set to the "none" label."""
     for first in range(0, cfg.steps, _CHUNK):
         draws = []
         for _ in range(min(_CHUNK, cfg.steps - first)):
-            x0 = mixture.sample(cfg.batch, generator=g)
+            if cfg.conditional:
+                x0, labels = mixture.sample_labelled(cfg.batch, generator=g)
+            else:
+                x0 = mixture.sample(cfg.batch, generator=g)
             x1 = torch.randn(cfg.batch, mixture.d, generator=g, dtype=torch.float64)
             r, t = sample_times(
                 cfg.batch, cfg.time_sampler, cfg.time_mean, cfg.time_std, cfg.frac_r_eq_t, g, dtype=torch.float64
             )
-            draws.append((x0, x1, r, t))
+            if cfg.conditional:
+                drop = torch.rand(cfg.batch, generator=g, dtype=torch.float64) < cfg.label_dropout
+                draws.append((x0, x1, r, t, torch.where(drop, NO_LABEL, labels)))
+            else:
+                draws.append((x0, x1, r, t))
         stacked = [torch.stack(parts) for parts in zip(*draws)]
         # checked here, on the CPU, a chunk at a time: the objective then reads nothing back per step
-        objectives.check_batch_values(*(a.flatten(0, 1) if a.ndim == 3 else a.flatten() for a in stacked))
-        chunk = [a.to(device=device, dtype=dtype) for a in stacked]
+        objectives.check_batch_values(*(a.flatten(0, 1) if a.ndim == 3 else a.flatten() for a in stacked[:4]))
+        chunk = [a.to(device=device, dtype=dtype) for a in stacked[:4]] + [a.to(device) for a in stacked[4:]]
         yield from zip(*chunk)
 
 
@@ -199,8 +243,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     pending = []
     start = time.perf_counter()
     bar = tqdm(total=cfg.steps, desc=f"{cfg.case}/{cfg.objective}/seed{cfg.seed}", disable=not progress, leave=False)
-    for step, (x0, x1, r, t) in enumerate(_batches(cfg, mixture, g, device, dtype)):
-        loss = objective.per_sample(model, x0, x1, r, t, **objective.options_at(step, cfg.steps, options)).mean()
+    for step, (x0, x1, r, t, *labels) in enumerate(_batches(cfg, mixture, g, device, dtype)):
+        net = Conditioned(model, labels[0]) if labels else model
+        loss = objective.per_sample(net, x0, x1, r, t, **objective.options_at(step, cfg.steps, options)).mean()
         pending.append(loss.detach())
         if len(pending) == check_every or step == cfg.steps - 1:
             values = torch.stack(pending).tolist()

@@ -282,7 +282,7 @@ def test_unknown_objective_lists_the_known_ones():
         objectives.get("meanflow")
     names = objectives.names()  # MATH.md §4's seven, then the relatives (mfverify's own entry points)
     assert names[:7] == ["fm", "mf_full", "mf_sg", "mf", "mf_nosg", "shortcut", "scm"]
-    assert set(names[7:]) == {"split_mf", "modular_mf", "mf_cv", "alpha_flow", "lsd", "esd", "psd"}
+    assert set(names[7:]) == {"split_mf", "modular_mf", "mf_cv", "alpha_flow", "imf", "lsd", "esd", "psd"}
 
 
 def test_r_greater_than_t_is_rejected(batch):

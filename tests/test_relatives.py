@@ -95,3 +95,155 @@ def test_split_mf_with_a_fixed_split_is_deterministic_and_options_are_checked():
         objectives.get("psd")(model, x0, x1, r, t, split="random")
     with pytest.raises(ValueError, match="finite"):
         objectives.get("mf_cv")(model, x0, x1, r, t, beta=float("inf"))
+
+
+# ------------------------------------------------------------ imf (two heads)
+
+
+def _imf_broken(model, x0, x1, r, t):
+    """imf with its v head regressed on v_c / 2: the head's optimum is v / 2, not v."""
+    col = lambda a: a[:, None]  # noqa: E731
+    x_t = (1 - col(t)) * x0 + col(t) * x1
+    v_c = x1 - x0
+    v = model.velocity(x_t, t)
+    from mfverify.jvp import jvp
+
+    U, D = jvp(model, x_t, r, t, v.detach(), torch.zeros_like(r), torch.ones_like(t), "auto", tangent_grad=False)
+    return (U + col(t - r) * D.detach() - v_c).square().sum(-1) + (v - 0.5 * v_c).square().sum(-1)
+
+
+def test_imf_is_stationary_with_the_exact_two_head_model_and_a_broken_head_is_not():
+    # the exact model's second head is the closed-form v; the battery perturbs both heads
+    good = check.run("imf", options=P0, weighting=False, cases=("ring8",), n_points=3)
+    assert good.checks["stationary_at_exact_u"].passed, good.table()
+    # the battery's random networks have one head, so v_theta = u_theta(., t, t): at r = t
+    # imf is fm twice (MATH.md §9: mf_sg + fm with the tied head)
+    assert good.checks["reduces_to_fm"].details["factor"] == pytest.approx(2.0, rel=1e-12)
+    bad = check.run(objectives.Objective("imf_broken", _imf_broken, quadratic_in_v_c=True, heads=2),
+                    weighting=False, cases=("ring8",), n_points=3)
+    assert not bad.checks["stationary_at_exact_u"].passed, bad.table()
+
+
+def test_imf_with_the_tied_head_is_mf_sg_plus_fm():
+    torch.manual_seed(0)
+    model = MeanFlowMLP(2, width=16, depth=2, dtype=torch.float64)  # one head: velocity = u(., t, t)
+    x0, x1, r, t = _batch()
+    imf = objectives.get("imf")(model, x0, x1, r, t, p=0.0)
+    ref = objectives.get("mf_sg")(model, x0, x1, r, t, p=0.0) + objectives.get("fm")(model, x0, x1, r, t, p=0.0)
+    assert torch.allclose(imf, ref, rtol=1e-12, atol=0)
+
+
+def test_two_head_network_heads_are_separate_and_its_jvp_is_the_u_heads():
+    torch.manual_seed(0)
+    model = MeanFlowMLP(2, width=16, depth=2, heads=2, dtype=torch.float64)
+    x0, x1, r, t = _batch()
+    u_tt, v = model(x0, t, t), model.velocity(x0, t)
+    assert u_tt.shape == v.shape == x0.shape and (u_tt - v).abs().max() > 1e-3
+    from mfverify.jvp import jvp
+
+    zero, one = torch.zeros_like(r), torch.ones_like(t)
+    u_a, d_a = jvp(model, x0, r, t, x1, zero, one, "analytic")
+    u_f, d_f = jvp(model, x0, r, t, x1, zero, one, "func")
+    assert torch.equal(u_a, model(x0, r, t)) and torch.allclose(d_a, d_f, rtol=0, atol=1e-12)
+    with pytest.raises(TypeError, match="second head"):
+        objectives.get("imf")(lambda x, r, t: x, x0, x1, r, t)
+
+
+def test_imf_trains_a_two_head_network_and_ensembles_refuse_it():
+    from mfverify.ensemble import train_ensemble
+    from mfverify.train import TrainConfig, train
+
+    cfg = TrainConfig(case="ring8", objective="imf", steps=5, batch=16)
+    assert train(cfg, progress=False).model.heads == 2
+    with pytest.raises(ValueError, match="heads = 1"):
+        TrainConfig(case="ring8", objective="imf", network_options={"heads": 1})
+    with pytest.raises(ValueError, match="one-head unconditional"):
+        train_ensemble([cfg, TrainConfig(case="ring8", objective="imf", steps=5, batch=16, seed=1)])
+
+
+# ------------------------------------------------------------ alpha-Flow's curriculum
+
+
+def test_alpha_curriculum_runs_from_one_to_its_end_value_monotonically():
+    from mfverify.relatives import alpha_schedule
+
+    values = [alpha_schedule(k, 1000, 0.01, 0.2, 0.8) for k in range(1001)]
+    assert values[:201] == [1.0] * 201 and values[800:] == [0.01] * 201
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    obj = objectives.get("alpha_flow")
+    opts = obj.resolve_options({"alpha": 0.01, "curriculum": "sigmoid", "curriculum_from": 0.2, "curriculum_to": 0.8})
+    assert obj.options_at(0, 1000, opts)["alpha"] == 1.0 and obj.options_at(900, 1000, opts)["alpha"] == 0.01
+    assert obj.options_at(500, 1000, obj.resolve_options({"alpha": 0.3}))["alpha"] == 0.3  # no curriculum
+    assert not obj.is_quadratic({"alpha": 1.0, "curriculum": "sigmoid"})  # alpha moves: not alpha = 1 throughout
+    with pytest.raises(ValueError, match="curriculum_from < curriculum_to"):
+        obj.resolve_options({"curriculum": "sigmoid", "curriculum_from": 0.9, "curriculum_to": 0.1})
+    with pytest.raises(ValueError, match="'none' or 'sigmoid'"):
+        obj.resolve_options({"curriculum": "cosine"})
+
+
+def test_alpha_flow_inverse_alpha_weights_the_off_diagonal_rows():
+    torch.manual_seed(0)
+    model = MeanFlowMLP(2, width=16, depth=2, dtype=torch.float64)
+    x0, x1, r, t = _batch()
+    r[:8] = t[:8]  # some diagonal rows: flow matching, not weighted
+    loss = objectives.get("alpha_flow")
+    plain = loss(model, x0, x1, r, t, alpha=0.1, p=0.0)
+    weighted = loss(model, x0, x1, r, t, alpha=0.1, p=0.0, inverse_alpha=True)
+    assert torch.equal(weighted[:8], plain[:8])
+    assert torch.allclose(weighted[8:], plain[8:] / 0.1, rtol=1e-14, atol=0)
+
+
+# ------------------------------------------------------------ mf_cv's optimal coefficient
+
+
+def _points(case, n, seed=0):
+    from mfverify.cases import get_case
+
+    mixture = get_case(case)
+    g = torch.Generator().manual_seed(seed)
+    t = 0.2 + 0.8 * torch.rand(n, generator=g, dtype=torch.float64)
+    r = t * torch.rand(n, generator=g, dtype=torch.float64)
+    x = (1 - t[:, None]) * mixture.sample(n, generator=g) + t[:, None] * torch.randn(n, mixture.d, generator=g,
+                                                                                    dtype=torch.float64)
+    return mixture, x, r, t
+
+
+def test_cv_target_error_at_the_exact_u_is_mf_cv_expected_loss():
+    # at u*, E[mf_cv loss | x_t] is the target's variance plus |U - E T|^2 = 0: the sigma-point
+    # expected loss (exact, mf_cv is quadratic in v_c) must equal the closed form
+    from mfverify import identities
+    from mfverify.relatives import cv_target_error
+
+    mixture, x, r, t = _points("ring8", 6)
+    betas = [-0.5, 0.0, 0.3, 1.0]
+    closed = cv_target_error(mixture, x, r, t, betas)
+    for j, beta in enumerate(betas):
+        sigma = identities.expected_loss("mf_cv", mixture, x, r, t, beta=beta, p=0.0)
+        # both from the same ODE derivatives (rtol 1e-12): agreement to 1e-9 of the size
+        assert torch.allclose(sigma, closed[:, j], rtol=1e-9, atol=1e-9 * float(closed.abs().max())), (beta, sigma, closed[:, j])
+
+
+def test_cv_target_error_with_a_biased_head_and_the_optimum():
+    from mfverify import identities, truth
+    from mfverify.relatives import cv_target_error, optimal_cv_beta
+
+    mixture, x, r, t = _points("ring8", 5, seed=1)
+    u, J, _, du_dt = truth.average_velocity_derivatives(mixture, x, r, t)
+    g = torch.Generator().manual_seed(3)
+    v = truth.velocity(mixture, x, t)
+    v_hat = v + 0.3 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    beta = 0.4
+    # the error by sigma points of v_c | x_t: T_beta - T* = (I - beta A)(v_c - v) - (1 - beta) A (v_hat - v)
+    n, k, (xs, rs, ts, v_c), w = identities.sigma_batch(mixture, x, r, t)
+    A = ((t - r)[:, None, None] * J).repeat_interleave(k, 0)
+    rep = lambda a: a.repeat_interleave(k, 0)  # noqa: E731
+    diff = (v_c - rep(v)) - beta * torch.einsum("nab,nb->na", A, v_c - rep(v)) \
+        - (1 - beta) * torch.einsum("nab,nb->na", A, rep(v_hat) - rep(v))
+    sigma = (diff.square().sum(-1).view(n, k) * w).sum(1)
+    closed = cv_target_error(mixture, x, r, t, [beta], v_hat=v_hat, jacobian=J)[:, 0]
+    assert torch.allclose(sigma, closed, rtol=1e-10, atol=0)
+    best = optimal_cv_beta(mixture, x, r, t, v_hat=v_hat, jacobian=J)
+    mean = lambda b: float(cv_target_error(mixture, x, r, t, [b], v_hat=v_hat, jacobian=J).mean())  # noqa: E731
+    assert best["error_beta_opt"] == pytest.approx(mean(best["beta"]), rel=1e-12)
+    assert mean(best["beta"]) < min(mean(best["beta"] - 0.05), mean(best["beta"] + 0.05))
+    assert best["error_beta_opt"] <= min(best["error_beta0"], best["error_beta1"])

@@ -50,16 +50,37 @@ def _no_duplicates(key, values):
 
 @dataclass(frozen=True)
 class StudySpec:
+    """``variants``: study-local names for an objective with other options,
+    ``{name = "objective"}`` (``[study] variants = { alpha_flow_curriculum = "alpha_flow" }``);
+    a variant is listed in ``objectives`` and takes its options from
+    ``[objective_options.NAME]`` / ``[overrides.NAME]`` like any objective."""
+
     name: str = "objectives_compare"
     cases: tuple = ("ring8",)
     objectives: tuple = ("fm", "mf")
     baselines: tuple = BASELINES
     seeds: int = 3
+    variants: tuple = ()  # ((name, objective), ...)
+
+    def objective_of(self, name: str) -> str:
+        """The registered objective a study objective (a name or a variant) trains."""
+        return dict(self.variants).get(name, name)
 
     def __post_init__(self):
         from mfverify import objectives
         from mfverify.cases import get_case
 
+        if isinstance(self.variants, dict):
+            object.__setattr__(self, "variants", tuple(sorted(self.variants.items())))
+        registered = set(objectives.names())
+        for name, target in self.variants:
+            if not isinstance(target, str):
+                raise ValueError(f"variant {name!r} must name an objective (a string), got {target!r}")
+            if name in registered:
+                raise ValueError(f"variant {name!r} shadows the registered objective of that name; choose another")
+            if target in dict(self.variants):
+                raise ValueError(f"variant {name!r} names another variant ({target!r}); name an objective")
+            objectives.get(target)
         for key in ("cases", "objectives"):
             if not getattr(self, key):
                 raise ValueError(f"{key} must name at least one {key[:-1]}, got an empty list")
@@ -68,7 +89,7 @@ class StudySpec:
         for case in self.cases:
             get_case(case)
         for name in self.objectives:
-            objectives.get(name)
+            objectives.get(self.objective_of(name))
         for b in self.baselines:
             if b not in BASELINES:
                 raise ValueError(f"unknown baseline {b!r}; known baselines: {', '.join(BASELINES)}")
@@ -145,7 +166,7 @@ class Study:
         network = extra.get("network", self.train.network)
         net = {**dict(dict(self.network_options).get(network, ())), **dict(extra.pop("network_options", ()))}
         obj = {**dict(dict(self.objective_options).get(objective, ())), **dict(extra.pop("objective_options", ()))}
-        return replace(self.train, case=case, objective=objective, seed=seed, **extra,
+        return replace(self.train, case=case, objective=self.study.objective_of(objective), seed=seed, **extra,
                        network_options=tuple(sorted(net.items())), objective_options=tuple(sorted(obj.items())))
 
 
@@ -209,7 +230,7 @@ def _coerce(file, key, value, default):
         value = float(value) if ok else value
     elif isinstance(default, str):
         ok = isinstance(value, str)
-    elif key.rsplit(".", 1)[-1] in OPTION_FIELDS:
+    elif key.rsplit(".", 1)[-1] in OPTION_FIELDS + ("variants",):
         ok = isinstance(value, dict)
         value = tuple(sorted(value.items())) if ok else value
     elif isinstance(default, tuple):
@@ -300,7 +321,10 @@ def _resolve(path: Path, data: dict, preset: str | None) -> Study:
             "network_options, overrides, presets"
         )
     base = {"study": StudySpec(), "train": TrainConfig(), "eval": EvalConfig()}
-    resolved = {n: _section(path, n, data.get(n, {}), base[n]) for n in SECTIONS}
+    resolved = {"study": _section(path, "study", data.get("study", {}), base["study"])}
+    # [train] is checked on the study's first case (conditional = true needs a labelled one)
+    base["train"] = replace(base["train"], case=resolved["study"].cases[0])
+    resolved.update({n: _section(path, n, data.get(n, {}), base[n]) for n in ("train", "eval")})
     options = {n: _option_tables(path, n, data.get(n, {}), {}) for n in OPTION_FIELDS}
     presets = data.get("presets", {})
     if preset is not None:
@@ -313,6 +337,8 @@ def _resolve(path: Path, data: dict, preset: str | None) -> Study:
         for n in SECTIONS:
             if n in table:
                 resolved[n] = _section(path, n, table[n], resolved[n], label=f"presets.{preset}.{n}")
+                if n == "study":
+                    resolved["train"] = replace(resolved["train"], case=resolved["study"].cases[0])
         for n in OPTION_FIELDS:
             if n in table:
                 options[n] = _option_tables(path, f"presets.{preset}.{n}", table[n], options[n])
@@ -395,6 +421,10 @@ def to_toml(study: Study, header: str = "") -> str:
         lines.append(f"\n[{name}]")
         for f in fields(obj):
             if name == "train" and f.name in PER_RUN_FIELDS + OPTION_FIELDS:
+                continue
+            if name == "study" and f.name == "variants":
+                if obj.variants:  # written only when used: a study without them reads as before
+                    lines.append(f"variants = {_toml_table(obj.variants)}")
                 continue
             lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
     for section in OPTION_FIELDS:

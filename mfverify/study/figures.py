@@ -127,7 +127,8 @@ def error_vs_nfe(table) -> Figure:
         ax.set_xlabel("NFE (network or field evaluations per sample)")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax_obj.set_ylim(bottom=y_floor)
     ax_obj.set_ylabel(r"mean $|x_{gen} - \Phi(x_1, 1\to 0)|$" if metric == "flow_map_mean" else metric)
     _one_step_bars(ax_bar, table, methods, style, y_floor)

@@ -76,6 +76,44 @@ def prepare_truth(study: Study, out: Path, case_index: int, case: str) -> None:
     save_torch(path, {"x1": x1, "phi": phi})
 
 
+def guided_targets(study: Study, case: str) -> dict:
+    """``{key: (w, interval)}`` of the study's conditional runs on ``case`` (``Objective.guidance``);
+    ``key`` names the target's file."""
+    out = {}
+    for obj in study.study.objectives:
+        cfg = study.run_config(case, obj, 0)
+        if not cfg.conditional:
+            continue
+        w, interval = objectives.get(cfg.objective).guided_target(dict(cfg.objective_options))
+        if interval is not None and tuple(interval) == (0.0, 1.0):
+            interval = None
+        key = f"w{w:g}" + ("" if interval is None else f"_t{interval[0]:g}-{interval[1]:g}")
+        out[key] = (w, interval)
+    return out
+
+
+def guided_path(out: Path, case: str, key: str) -> Path:
+    return out / "truth" / "guided" / f"{_slug(case)}__{_slug(key)}.pt"
+
+
+def prepare_guided(study: Study, out: Path, case_index: int, case: str) -> None:
+    """For conditional runs: a class label per noise sample (drawn from the class weights, the
+    same for every run) and the exact guided map ``Phi_w(x1, 1 -> 0 | c)`` per guidance target."""
+    targets = guided_targets(study, case)
+    if not targets:
+        return
+    mixture = get_case(case)
+    x1 = torch.load(truth_path(out, case), weights_only=True)["x1"]
+    g = torch.Generator().manual_seed(study.eval.noise_seed + 3000 + case_index)
+    labels = torch.multinomial(mixture.class_weights(), len(x1), replacement=True, generator=g)
+    for key, (w, interval) in targets.items():
+        path = guided_path(out, case, key)
+        if not path.exists():
+            phi = truth.guided_flow_map(mixture, x1, t=1.0, r=0.0, labels=labels, w=w, interval=interval)
+            save_torch(path, {"labels": labels, "phi": phi, "w": w,
+                              "interval": torch.tensor(interval if interval is not None else (0.0, 1.0))})
+
+
 def field_grid_path(out: Path, case: str) -> Path:
     return out / "truth" / "field_grid" / f"{_slug(case)}.pt"
 
@@ -119,10 +157,14 @@ def field_grid_errors(u_theta, grid: dict, r0_only: bool = False) -> list[dict]:
 FIELD_COLUMNS = ["r", "t", "field_error", "u_sq", "relative"]
 
 
-def _keep_samples(store: dict, method: str, nfe: int, x: torch.Tensor, k: int) -> None:
+def _keep_samples(store: dict, method: str, nfe: int, x: torch.Tensor, k: int, phi=None) -> None:
+    """``phi``: the exact images these samples are compared with, where they are not the
+    case's own (a conditional run: the guided map)."""
     store.setdefault("method", []).append(method)
     store.setdefault("nfe", []).append(int(nfe))
     store.setdefault("x", []).append(x[:k].double().cpu().clone())
+    if phi is not None:
+        store.setdefault("phi", []).append(phi[:k].double().cpu().clone())
 
 
 def _rows(study, case, method, seed, nfe, metrics):
@@ -218,38 +260,65 @@ def run_dir(out: Path, case: str, objective: str, seed: int) -> Path:
 _SAMPLERS = {"fm_euler": euler, "fm_heun": heun}
 
 
-def _as_u(model, device, dtype):
-    """A trained model as ``u(x, r, t)`` on float64 CPU points."""
+def _as_u(model, device, dtype, labels=None):
+    """A trained model as ``u(x, r, t)`` on float64 CPU points (with ``labels``: conditioned
+    on them, row by row; a conditional model without them: the "none" label)."""
 
     @torch.no_grad()
     def u(x, r, t):
-        return model(x.to(device, dtype), r.to(device, dtype), t.to(device, dtype)).double().cpu()
+        extra = {} if labels is None else {"labels": labels.to(device)}
+        return model(x.to(device, dtype), r.to(device, dtype), t.to(device, dtype), **extra).double().cpu()
 
     return u
 
 
-def load_truth(out: Path, case: str) -> dict:
-    """What a job needs of a case's truth: the noise, its exact image, the field grid."""
+def load_truth(out: Path, case: str, study: Study | None = None) -> dict:
+    """What a job needs of a case's truth: the noise, its exact image, the field grid, and
+    (conditional runs) the guided targets."""
     blob = torch.load(truth_path(out, case), weights_only=True)
-    return {"x1": blob["x1"], "phi": blob["phi"], "grid": torch.load(field_grid_path(out, case), weights_only=True)}
+    out_blob = {"x1": blob["x1"], "phi": blob["phi"], "grid": torch.load(field_grid_path(out, case), weights_only=True)}
+    if study is not None:
+        out_blob["guided"] = {key: torch.load(guided_path(out, case, key), weights_only=True)
+                              for key in guided_targets(study, case)}
+    return out_blob
+
+
+def _guided_key(study: Study, case: str, objective: str) -> str | None:
+    cfg = study.run_config(case, objective, 0)
+    if not cfg.conditional:
+        return None
+    w, interval = objectives.get(cfg.objective).guided_target(dict(cfg.objective_options))
+    return next(k for k, v in guided_targets(study, case).items()
+                if v == (w, None if interval is None or tuple(interval) == (0.0, 1.0) else interval))
 
 
 def evaluate(study: Study, truth_blob: dict, case: str, objective: str, seed: int, model, device, dtype):
-    """Rows, seed-0 samples and field-grid errors of one trained model (reads no file)."""
+    """Rows, seed-0 samples and field-grid errors of one trained model (reads no file).
+
+    A conditional model samples each noise row with its class label and is compared with
+    the exact guided map of its guidance target; its field errors are those of its
+    unconditional ("none") output against the case's own u."""
     mixture = get_case(case)
     x1, phi = truth_blob["x1"], truth_blob["phi"]
     name = study.study.name
-    u = _as_u(model, device, dtype)
+    key = _guided_key(study, case, objective)
+    field_u = _as_u(model, device, dtype)
+    if key is None:
+        u, target = field_u, None
+    else:
+        guided = truth_blob["guided"][key]
+        u, phi = _as_u(model, device, dtype, guided["labels"]), guided["phi"]
+        target = phi
     rows, samples = [], {}
     shown = study.eval.figure_nfe() if seed == 0 else ()  # the samples figure shows seed 0
-    r0_only = objectives.get(objective).trained_at_r0
+    r0_only = objectives.get(study.study.objective_of(objective)).trained_at_r0
     # trained at r = 0 only (scm): its multi-step use would query u(x, r > 0, t), never trained
     nfes = [1] if r0_only else list(study.eval.nfe)
     for nfe in nfes:
         x, n = average_velocity_sampler(u, x1, uniform_grid(nfe))
         rows += _rows(name, case, objective, seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
         if n in shown:
-            _keep_samples(samples, objective, n, x, study.eval.sample_points)
+            _keep_samples(samples, objective, n, x, study.eval.sample_points, target)
     v = model_as_velocity(u)
     for nfe in study.eval.nfe:
         for baseline, (source, per_step) in MODEL_BASELINES.items():
@@ -257,7 +326,7 @@ def evaluate(study: Study, truth_blob: dict, case: str, objective: str, seed: in
                 x, n = _SAMPLERS[baseline](v, x1, uniform_grid(nfe // per_step))
                 rows += _rows(name, case, baseline, seed, n, sample_metrics(mixture, x, phi, study.eval.w2_samples))
                 if n in shown:
-                    _keep_samples(samples, baseline, n, x, study.eval.sample_points)
+                    _keep_samples(samples, baseline, n, x, study.eval.sample_points, target)
     # field error E|u_theta - u|^2 over x_t ~ p_t, (r, t) from the training time law
     g = torch.Generator().manual_seed(study.eval.noise_seed + 1000 + seed)
     k = study.eval.field_samples
@@ -267,8 +336,8 @@ def evaluate(study: Study, truth_blob: dict, case: str, objective: str, seed: in
     t = t.clamp_min(1e-3)
     x0 = mixture.sample(k, generator=g)
     xt = (1 - t[:, None]) * x0 + t[:, None] * torch.randn(k, mixture.d, generator=g, dtype=torch.float64)
-    rows += _rows(name, case, objective, seed, 0, {"field_error": field_error(u, mixture, xt, r, t)})
-    return rows, samples, field_grid_errors(u, truth_blob["grid"], r0_only)
+    rows += _rows(name, case, objective, seed, 0, {"field_error": field_error(field_u, mixture, xt, r, t)})
+    return rows, samples, field_grid_errors(field_u, truth_blob["grid"], r0_only)
 
 
 @dataclass(frozen=True)
@@ -281,13 +350,19 @@ class Job:
     seeds: tuple
 
 
+def _ensembles(cfg) -> bool:
+    """Whether ``--ensemble`` can train these runs together (one-head, unconditional);
+    the others are trained one by one."""
+    return not cfg.conditional and objectives.get(cfg.objective).heads == 1
+
+
 def plan(study: Study, out: Path, ensemble: bool = False) -> list[Job]:
     """The jobs of the runs without ``run.json`` (finished runs are not redone)."""
     jobs = []
     for case in study.study.cases:
         for obj in study.study.objectives:
             pending = tuple(s for s in range(study.study.seeds) if not (run_dir(out, case, obj, s) / "run.json").exists())
-            if ensemble and len(pending) > 1:
+            if ensemble and len(pending) > 1 and _ensembles(study.run_config(case, obj, 0)):
                 jobs.append(Job(case, obj, pending))
             else:
                 jobs += [Job(case, obj, (s,)) for s in pending]
@@ -540,6 +615,7 @@ def _run_locked(study, out, jobs, progress, stop_after, start_method, executor=N
     for i, case in enumerate(tqdm(cases, desc="exact maps", disable=not progress, leave=False)):
         prepare_truth(study, out, i, case)
         prepare_field_grid(study, out, i, case)
+        prepare_guided(study, out, i, case)
     for case in tqdm(cases, desc="baselines", disable=not progress, leave=False):
         run_baselines(study, out, case)
 
@@ -554,7 +630,7 @@ def _run_locked(study, out, jobs, progress, stop_after, start_method, executor=N
     gpu = resolve_device(study.train.device).type == "cuda"
     modules = tuple(registered_modules())
     pool = make_executor(executor, jobs=jobs, start_method=start_method, gpu=gpu, modules=modules, address=address)
-    truths = {case: load_truth(out, case) for case in cases}
+    truths = {case: load_truth(out, case, study) for case in cases}
     solo_progress = progress and executor == "serial"
     done = 0
     try:
@@ -630,10 +706,29 @@ def _mean_std(values):
     return m, s
 
 
+def _what_runs_are(study: Study) -> list[str]:
+    """For a study with variants or conditional runs: what each such run trains and what it is
+    compared with (nothing for a study without them)."""
+    lines = []
+    for obj in study.study.objectives:
+        cfg = study.run_config(study.study.cases[0], obj, 0)
+        if obj == cfg.objective and not cfg.conditional:
+            continue
+        what = f"`{cfg.objective}`" + (f" with {dict(cfg.objective_options)}" if cfg.objective_options else "")
+        if cfg.conditional:
+            w, interval = objectives.get(cfg.objective).guided_target(dict(cfg.objective_options))
+            span = "" if interval is None or tuple(interval) == (0.0, 1.0) else f" for t in [{interval[0]:g}, {interval[1]:g}]"
+            what += (f", class-conditional (label dropout {cfg.label_dropout:g}); compared with the exact guided map "
+                     f"Phi_w(x1, 1 -> 0 | c), w = {w:g}{span}, each noise sample with a class drawn from the class weights")
+        lines.append(f"- `{obj}`: {what}")
+    return (["Runs:", ""] + lines + [""]) if lines else []
+
+
 def summary(study: Study, rows, records, out: Path | None = None) -> str:
     lines = [f"# {study.study.name}", "", f"Seeds: {study.study.seeds}. Mean ± std over seeds "
              "(the exact_* baselines are deterministic). Metric: flow_map_mean = mean |x_gen - Phi(x1, 1 -> 0)|; "
              "Heun's NFE is 2 per step; scm is trained at r = 0 only, so it is reported at NFE 1.", ""]
+    lines += _what_runs_are(study)
     for case in study.study.cases:
         sub = [r for r in rows if r["case"] == case and r["metric"] == "flow_map_mean"]
         nfes = sorted({int(r["nfe"]) for r in sub})

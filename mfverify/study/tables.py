@@ -152,15 +152,18 @@ def samples_tables(study, out: Path, case: str):
     table = []
     for method, group, source, index in _methods(study):
         for n in study.eval.figure_nfe():
-            x = sources[group].get((method, n))
-            if x is None:
+            entry = sources[group].get((method, n))
+            if entry is None:
                 continue
+            x, own_phi = entry  # own_phi: a conditional run's guided images
+            ref = phi[: len(x)] if own_phi is None else own_phi
+            ref2 = phi2 if own_phi is None else (own_phi - origin) @ P
             x2 = (x - origin) @ P
-            err = (x - phi[: len(x)]).norm(dim=1)
+            err = (x - ref).norm(dim=1)
             for i in range(len(x)):
                 table.append({"case": case, "method": method, "group": group, "source": source, "index": index,
                               "nfe": n, "i": i, "x": x2[i, 0].item(), "y": x2[i, 1].item(),
-                              "phi_x": phi2[i, 0].item(), "phi_y": phi2[i, 1].item(), "error": err[i].item()})
+                              "phi_x": ref2[i, 0].item(), "phi_y": ref2[i, 1].item(), "error": err[i].item()})
     # the frame: where the exact images lie, padded (samples far outside are counted, not shown)
     lo, hi = phi2.min(0).values, phi2.max(0).values
     pad = 0.15 * (hi - lo).max()
@@ -169,7 +172,9 @@ def samples_tables(study, out: Path, case: str):
 
 
 def _by_method(blob) -> dict:
-    return {(m, int(n)): x for m, n, x in zip(blob.get("method", []), blob.get("nfe", []), blob.get("x", []))}
+    """``{(method, nfe): (x, phi or None)}``; ``phi`` where the blob holds its own exact images."""
+    phis = blob.get("phi") or [None] * len(blob.get("x", []))
+    return {(m, int(n)): (x, p) for m, n, x, p in zip(blob.get("method", []), blob.get("nfe", []), blob.get("x", []), phis)}
 
 
 def field_error_table(study, out: Path, case: str) -> list[dict]:

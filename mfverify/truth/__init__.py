@@ -36,6 +36,11 @@ __all__ = [
     "average_velocity_jvp",
     "average_velocity_jacobian",
     "average_velocity_derivatives",
+    "conditional_velocity",
+    "guided_velocity",
+    "guided_flow_map",
+    "guided_average_velocity",
+    "effective_guidance",
     "METHODS",
     "DEFAULT_RTOL",
     "DEFAULT_ATOL",
@@ -52,6 +57,15 @@ DEFAULT_ATOL = 1e-12
 # Below this interval the quantile route's (x - Phi)/(t - r) loses more than
 # ~1e-13 to round-off; the ODE over such a short interval is cheap and exact.
 QUANTILE_MIN_INTERVAL = 1e-2
+
+
+from mfverify.truth.guided import (  # noqa: E402  (guidance on labelled mixtures)
+    conditional_velocity,
+    effective_guidance,
+    guided_average_velocity,
+    guided_flow_map,
+    guided_velocity,
+)
 
 
 def velocity(mixture, x, t) -> torch.Tensor:
