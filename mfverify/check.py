@@ -138,7 +138,11 @@ class _Loss:
         """The options of the exact checks: weighting off (MATH.md §4: exact checks use p = 0)."""
         return {**self.options, **({"p": 0.0} if "p" in self.options else {})}
 
+    mixture = None  # an oracle objective's truth on the random batches (run sets the first case's)
+
     def __call__(self, model, x0, x1, r, t, **options) -> torch.Tensor:
+        if self.objective.needs_truth and "mixture" not in options:
+            options = {**options, "mixture": self.mixture}
         loss = self.objective(model, x0, x1, r, t, **{**self.options, **options})
         if not torch.isfinite(loss.detach()).all():
             raise ValueError(f"loss {self.name!r} returned non-finite values on finite inputs (a random network, "
@@ -386,7 +390,11 @@ def run(loss, reference=None, cases=None, options=None, seed: int = 0, network: 
         get_case(case)  # an unknown case fails before any work
     subject = _Loss(loss, options)
     ref = _Loss(reference, None) if reference is not None else None
-    batches = _networks(seed, network)
+    for each in (subject, ref):
+        if each is not None:
+            each.mixture = get_case(cases[0])
+    # an oracle's truth lives in its case's dimension: its random batches use that one
+    batches = _networks(seed, network, dims=(get_case(cases[0]).d,) if subject.objective.needs_truth else (1, 2, 3))
     checks, notes = {}, []
     obj = subject.objective
     if obj.trained_at_r0:

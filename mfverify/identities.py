@@ -229,6 +229,8 @@ def _sigma_average(obj, model, h, x, r, t, options, skew=1.0, rotation=None):
     of the terms a derivative ``2 R . h`` cancels: without label noise (``shortcut`` at
     ``r < t``) every row is itself ~0 at ``u*`` and the rms alone is round-off."""
     n, k, (xs, rs, ts, v_c), w = sigma_batch(model.mixture, x, r, t, skew=skew, rotation=rotation)
+    if obj.needs_truth:  # an oracle objective takes the exact mixture
+        options = {**options, "mixture": model.mixture}
     rows = eps_derivative(obj, model, h, xs, rs, ts, v_c, **options).view(n, k)
     v = v_c.view(n, k, -1)
     mean = (v * w[None, :, None]).sum(1)
@@ -268,6 +270,10 @@ def population_gradient_mc(objective, mixture, h, x, r, t, n_samples=20_000, gen
     """
     from mfverify.montecarlo import sample_conditional_velocity
 
+    from mfverify import objectives
+
+    if objectives.get(objective).needs_truth:
+        options = {**options, "mixture": mixture}
     x = torch.as_tensor(x, dtype=torch.float64)
     n, d = x.shape
     r, t = (torch.as_tensor(a, dtype=torch.float64).expand(n).clone() for a in (r, t))
@@ -327,5 +333,7 @@ def expected_loss(objective, mixture, x, r, t, **options) -> torch.Tensor:
 
     n, k, (x, r, t, v_c), w = sigma_batch(mixture, x, r, t)
     x0, x1 = x - t[:, None] * v_c, x + (1 - t)[:, None] * v_c
+    if objectives.get(objective).needs_truth:
+        options = {**options, "mixture": mixture}
     loss = objectives.get(objective)(ExactModel(mixture), x0, x1, r, t, **options)
     return (loss.detach().view(n, k) * w).sum(1)

@@ -65,7 +65,13 @@ def test_jvp_backends_agree_in_value_and_gradient(batch):
     model, x0, x1, r, t = batch
     for name in objectives.names():
         results = []
-        fixed = FIXED_DRAWS.get(name, {})
+        fixed = dict(FIXED_DRAWS.get(name, {}))
+        if objectives.get(name).needs_truth:  # the oracles: a mixture of the batch's dimension
+            from mfverify.cases import GaussianMixture
+
+            d = x0.shape[1]
+            fixed["mixture"] = GaussianMixture([0.5, 0.5], torch.stack([torch.ones(d), -torch.ones(d)]),
+                                               0.3 * torch.eye(d).expand(2, d, d))
         for backend in EAGER_BACKENDS:
             loss = objectives.get(name)(model, x0, x1, r, t, jvp=backend, **fixed)
             grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss.sum(), list(model.parameters()))])
@@ -282,7 +288,8 @@ def test_unknown_objective_lists_the_known_ones():
         objectives.get("meanflow")
     names = objectives.names()  # MATH.md §4's seven, then the relatives (mfverify's own entry points)
     assert names[:7] == ["fm", "mf_full", "mf_sg", "mf", "mf_nosg", "shortcut", "scm"]
-    assert set(names[7:]) == {"split_mf", "modular_mf", "mf_cv", "alpha_flow", "imf", "lsd", "esd", "psd"}
+    assert set(names[7:]) == {"split_mf", "modular_mf", "mf_cv", "alpha_flow", "imf", "lsd", "esd", "psd",
+                              "fm_oracle", "mf_vtan", "mf_oracle", "u_regress"}
 
 
 def test_r_greater_than_t_is_rejected(batch):
