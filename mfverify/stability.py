@@ -60,17 +60,9 @@ class FourierDirections:
         """All directions at once, (n, P, d)."""
         return torch.cos(self._arg(x, r, t))[:, :, None] * self.select
 
-    def one(self, j: int):
-        """``h_j`` as a function ``(x, r, t) -> (n, d)``."""
-        def h(x, r, t):
-            arg = x @ self.omega[j].to(x.dtype) + r * self.alpha[j] + t * self.beta[j] + self.phase[j]
-            return torch.cos(arg)[:, None] * self.select[j]
-        return h
-
     def derivatives(self, x, r, t):
-        """``(h (n, P, d), J_x h . a given a -> ..., d_r h, d_t h)`` as ``(values, sin_part)`` helpers:
-        ``-sin(arg)`` (n, P), so that ``J_x h_i . a = -sin_i (omega_i . a) e_i`` and
-        ``d_t h_i = -sin_i beta_i e_i`` (used by the closed-form checks)."""
+        """``(cos(arg), -sin(arg))`` (n, P) each: ``h_i = cos_i e_i``, ``J_x h_i . a = -sin_i (omega_i . a) e_i``,
+        ``d_t h_i = -sin_i beta_i e_i`` (what closed-form linearisations need)."""
         arg = self._arg(x, r, t)
         return torch.cos(arg), -torch.sin(arg)
 

@@ -61,11 +61,7 @@ class Results:
         return {r["objective"] for r in self.runs}
 
     def error(self, case, method, nfe=1, metric="flow_map_mean") -> float:
-        vals = [float(r["value"]) for r in self.rows if r["case"] == case and r["method"] == method
-                and int(r["nfe"]) == nfe and r["metric"] == metric]
-        if not vals:
-            raise KeyError(f"{self.folder}: no {metric} of {method!r} on {case!r} at NFE {nfe}")
-        return sum(vals) / len(vals)
+        return self.stats(case, method, nfe, metric)[0]
 
     def stats(self, case, method, nfe=1, metric="flow_map_mean") -> tuple[float, float, int]:
         """``(mean, standard error, seeds)`` over seeds."""

@@ -76,20 +76,24 @@ def prepare_truth(study: Study, out: Path, case_index: int, case: str) -> None:
     save_torch(path, {"x1": x1, "phi": phi})
 
 
+def _guided_target(study: Study, case: str, objective: str):
+    """``(key, w, interval)`` of a conditional run's guided field (``Objective.guidance``;
+    ``interval`` None for all of [0, 1]), or None for an unconditional run; ``key`` names
+    the target's file."""
+    cfg = study.run_config(case, objective, 0)
+    if not cfg.conditional:
+        return None
+    w, interval = objectives.get(cfg.objective).guided_target(dict(cfg.objective_options))
+    if interval is not None and tuple(interval) == (0.0, 1.0):
+        interval = None
+    key = f"w{w:g}" + ("" if interval is None else f"_t{interval[0]:g}-{interval[1]:g}")
+    return key, w, interval
+
+
 def guided_targets(study: Study, case: str) -> dict:
-    """``{key: (w, interval)}`` of the study's conditional runs on ``case`` (``Objective.guidance``);
-    ``key`` names the target's file."""
-    out = {}
-    for obj in study.study.objectives:
-        cfg = study.run_config(case, obj, 0)
-        if not cfg.conditional:
-            continue
-        w, interval = objectives.get(cfg.objective).guided_target(dict(cfg.objective_options))
-        if interval is not None and tuple(interval) == (0.0, 1.0):
-            interval = None
-        key = f"w{w:g}" + ("" if interval is None else f"_t{interval[0]:g}-{interval[1]:g}")
-        out[key] = (w, interval)
-    return out
+    """``{key: (w, interval)}`` of the study's conditional runs on ``case``."""
+    targets = (_guided_target(study, case, obj) for obj in study.study.objectives)
+    return {key: (w, interval) for key, w, interval in filter(None, targets)}
 
 
 def guided_path(out: Path, case: str, key: str) -> Path:
@@ -283,15 +287,6 @@ def load_truth(out: Path, case: str, study: Study | None = None) -> dict:
     return out_blob
 
 
-def _guided_key(study: Study, case: str, objective: str) -> str | None:
-    cfg = study.run_config(case, objective, 0)
-    if not cfg.conditional:
-        return None
-    w, interval = objectives.get(cfg.objective).guided_target(dict(cfg.objective_options))
-    return next(k for k, v in guided_targets(study, case).items()
-                if v == (w, None if interval is None or tuple(interval) == (0.0, 1.0) else interval))
-
-
 def evaluate(study: Study, truth_blob: dict, case: str, objective: str, seed: int, model, device, dtype):
     """Rows, seed-0 samples and field-grid errors of one trained model (reads no file).
 
@@ -301,7 +296,8 @@ def evaluate(study: Study, truth_blob: dict, case: str, objective: str, seed: in
     mixture = get_case(case)
     x1, phi = truth_blob["x1"], truth_blob["phi"]
     name = study.study.name
-    key = _guided_key(study, case, objective)
+    target_of = _guided_target(study, case, objective)
+    key = None if target_of is None else target_of[0]
     field_u = _as_u(model, device, dtype)
     if key is None:
         u, target = field_u, None
