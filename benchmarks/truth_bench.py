@@ -11,9 +11,14 @@ Prints, measured in one run:
   right-hand sides: the package's tuned torch velocity, and a textbook numpy one
   (batched solves per component; the "quick vectorised version" of the issue);
 - solver cost (f evaluations per point) as component widths shrink;
-- with --memory: peak resident memory for 1e5 and 1e6 points in d = 16.
+- with --memory: peak resident memory for 1e5 and 1e6 points in d = 16;
+- with --derivatives: ``truth.average_velocity_derivatives`` (u, J_x u, d_r u, d_t u: d + 2
+  tangents, the compiled variational equation of ``kernel_tangent.py``) against values on
+  the same points in the same run, as a ratio (bar: within 10x, ring8 >= 2000 points/s,
+  random16d >= 300), its max error against a solve at rtol = atol = 1e-13, and the torch
+  solver's throughput on the same problems for comparison.
 
-    python benchmarks/truth_bench.py [--n 100000] [--threads 2] [--repeats 3] [--memory]
+    python benchmarks/truth_bench.py [--n 100000] [--threads 2] [--repeats 3] [--memory] [--derivatives [--only-derivatives]]
 """
 
 from __future__ import annotations
@@ -123,6 +128,41 @@ def width_scaling(n=2000):
         print(f"  std {std:.0e}: {n / seconds:7.0f} points/s  {stats}")
 
 
+def derivatives(name, n, repeats):
+    """Points/s of the derivatives against values on the same n points, same run."""
+    from mfverify.truth import kernel_tangent
+
+    m = get_case(name)
+    x, r, t = problems(m, n, seed=3)
+    truth.average_velocity_derivatives(m, x[:8], r[:8], t[:8])  # compile or load the kernel
+    truth.average_velocity(m, x[:8], r[:8], t[:8])
+    values, derivs = [], []
+    for _ in range(repeats):  # interleaved: machine noise hits both alike
+        start = time.perf_counter()
+        truth.average_velocity(m, x, r, t)
+        values.append(n / (time.perf_counter() - start))
+        start = time.perf_counter()
+        out = truth.average_velocity_derivatives(m, x, r, t)
+        derivs.append(n / (time.perf_counter() - start))
+    v, dv = float(np.median(values)), float(np.median(derivs))
+    k = min(n, 500)
+    tight = truth.average_velocity_derivatives(m, x[:k], r[:k], t[:k], rtol=1e-13, atol=1e-13)
+    err = max(((a[:k] - b).abs().max() / b.abs().max().clamp_min(1e-300)).item() for a, b in zip(out, tight))
+    kernel_tangent.USE = False
+    try:
+        kt = min(n, 200 if m.d > 4 else 2000)
+        start = time.perf_counter()
+        torch_out = truth.average_velocity_derivatives(m, x[:kt], r[:kt], t[:kt])
+        torch_rate = kt / (time.perf_counter() - start)
+    finally:
+        kernel_tangent.USE = True
+    agree = max(((a[:kt] - b).abs().max() / b.abs().max().clamp_min(1e-300)).item() for a, b in zip(out, torch_out))
+    print(f"{name:10s} derivatives {dv:8.0f} points/s, values {v:8.0f} points/s: ratio values / derivatives "
+          f"{v / dv:5.1f}x (bar <= 10x); max rel error vs rtol 1e-13: {err:.1e}; torch solver {torch_rate:.0f} "
+          f"points/s ({dv / torch_rate:.0f}x slower), max rel difference to it {agree:.1e}")
+    return v, dv
+
+
 def memory():
     print("\nmemory, random16d, intervals t - r = 1e-2 (chunks of", ode.CHUNK, "points):")
     m = get_case("random16d")
@@ -146,9 +186,18 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed solves per case; the median is reported (default 3)")
     parser.add_argument("--memory", action="store_true", help="also measure 1e6 points in d=16")
+    parser.add_argument("--derivatives", action="store_true", help="also measure the derivatives (J_x u, d_r u, d_t u)")
+    parser.add_argument("--only-derivatives", action="store_true", help="only the derivatives")
+    parser.add_argument("--n-derivatives", type=int, default=5000, help="points for --derivatives (default 5000)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, default rtol=atol={truth.DEFAULT_RTOL:g}\n")
+    if args.derivatives or args.only_derivatives:
+        for name in ["ring8", "random16d"]:
+            derivatives(name, args.n_derivatives, args.repeats)
+        if args.only_derivatives:
+            return
+        print()
 
     rates = {}
     for name in ["ring8", "random16d", "narrow2d"]:

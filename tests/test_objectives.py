@@ -289,7 +289,7 @@ def test_unknown_objective_lists_the_known_ones():
     names = objectives.names()  # MATH.md §4's seven, then the relatives (mfverify's own entry points)
     assert names[:7] == ["fm", "mf_full", "mf_sg", "mf", "mf_nosg", "shortcut", "scm"]
     assert set(names[7:]) == {"split_mf", "modular_mf", "mf_cv", "alpha_flow", "imf", "lsd", "esd", "psd",
-                              "fm_oracle", "mf_vtan", "mf_oracle", "u_regress"}
+                              "fm_oracle", "mf_vtan", "mf_oracle", "u_regress", "mf_tangent"}
 
 
 def test_r_greater_than_t_is_rejected(batch):

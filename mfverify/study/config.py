@@ -53,7 +53,13 @@ class StudySpec:
     """``variants``: study-local names for an objective with other options,
     ``{name = "objective"}`` (``[study] variants = { alpha_flow_curriculum = "alpha_flow" }``);
     a variant is listed in ``objectives`` and takes its options from
-    ``[objective_options.NAME]`` / ``[overrides.NAME]`` like any objective."""
+    ``[objective_options.NAME]`` / ``[overrides.NAME]`` like any objective.
+
+    ``seeds_of`` and ``cases_of``: per objective (a name or a variant), another number of
+    seeds (``{ mf_sg = 5 }``) or a subset of ``cases`` (``{ p0 = ["ring8"] }``).
+    ``report``: ``"package.module:function"`` called as ``function(study, out)`` after the
+    study's tables are written (a study's own report, e.g. the claims report), with
+    ``report_options`` (numbers: the sizes of its own computations) in ``study.study``."""
 
     name: str = "objectives_compare"
     cases: tuple = ("ring8",)
@@ -61,17 +67,34 @@ class StudySpec:
     baselines: tuple = BASELINES
     seeds: int = 3
     variants: tuple = ()  # ((name, objective), ...)
+    seeds_of: tuple = ()  # ((name, seeds), ...)
+    cases_of: tuple = ()  # ((name, (case, ...)), ...)
+    report: str = ""
+    report_options: tuple = ()  # ((key, number), ...): sizes of the report's own computations
 
     def objective_of(self, name: str) -> str:
         """The registered objective a study objective (a name or a variant) trains."""
         return dict(self.variants).get(name, name)
 
+    def seeds_for(self, name: str) -> int:
+        return dict(self.seeds_of).get(name, self.seeds)
+
+    def cases_for(self, name: str) -> tuple:
+        return tuple(dict(self.cases_of).get(name, self.cases))
+
+    def runs(self) -> list[tuple[str, str, int]]:
+        """Every run ``(case, objective, seed)`` of the study, case by case, in order."""
+        return [(case, obj, seed) for case in self.cases for obj in self.objectives if case in self.cases_for(obj)
+                for seed in range(self.seeds_for(obj))]
+
     def __post_init__(self):
         from mfverify import objectives
         from mfverify.cases import get_case
 
-        if isinstance(self.variants, dict):
-            object.__setattr__(self, "variants", tuple(sorted(self.variants.items())))
+        for key in ("variants", "seeds_of", "cases_of", "report_options"):
+            if isinstance(getattr(self, key), dict):
+                object.__setattr__(self, key, tuple(sorted(getattr(self, key).items())))
+        object.__setattr__(self, "cases_of", tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in self.cases_of))
         registered = set(objectives.names())
         for name, target in self.variants:
             if not isinstance(target, str):
@@ -99,6 +122,26 @@ class StudySpec:
                 raise ValueError(f"baseline {b} needs {source!r} among the objectives")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
             raise ValueError(f"seeds must be a positive int, got {self.seeds!r}")
+        for name, seeds in self.seeds_of:
+            if name not in self.objectives:
+                raise ValueError(f"seeds_of names {name!r}, which is not among the objectives")
+            if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+                raise ValueError(f"seeds_of.{name} must be a positive int, got {seeds!r}")
+        for name, cases in self.cases_of:
+            if name not in self.objectives:
+                raise ValueError(f"cases_of names {name!r}, which is not among the objectives")
+            if not isinstance(cases, tuple) or not cases or any(c not in self.cases for c in cases):
+                raise ValueError(f"cases_of.{name} must be a non-empty list of the study's cases "
+                                 f"{list(self.cases)}, got {cases!r}")
+            _no_duplicates(f"cases_of.{name}", cases)
+        if self.report:
+            if not isinstance(self.report, str) or ":" not in self.report:
+                raise ValueError(f"report must be 'package.module:function', got {self.report!r}")
+        for key, value in self.report_options:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"report_options.{key} must be a number, got {value!r}")
+        if self.report_options and not self.report:
+            raise ValueError("report_options needs a report")
 
 
 @dataclass(frozen=True)
@@ -230,7 +273,7 @@ def _coerce(file, key, value, default):
         value = float(value) if ok else value
     elif isinstance(default, str):
         ok = isinstance(value, str)
-    elif key.rsplit(".", 1)[-1] in OPTION_FIELDS + ("variants",):
+    elif key.rsplit(".", 1)[-1] in OPTION_FIELDS + ("variants", "seeds_of", "cases_of", "report_options"):
         ok = isinstance(value, dict)
         value = tuple(sorted(value.items())) if ok else value
     elif isinstance(default, tuple):
@@ -371,8 +414,10 @@ def _option_tables(file, label, tables, base: dict) -> dict:
 
 def with_objectives(study: Study, names) -> Study:
     """The study with another list of objectives; overrides and options of dropped ones go."""
-    spec = replace(study.study, objectives=tuple(names))
-    keep = lambda pairs: tuple((k, v) for k, v in pairs if k in spec.objectives)  # noqa: E731
+    keep = lambda pairs: tuple((k, v) for k, v in pairs if k in names)  # noqa: E731
+    names = tuple(names)
+    spec = replace(study.study, objectives=names, seeds_of=keep(study.study.seeds_of),
+                   cases_of=keep(study.study.cases_of))
     out = replace(study, study=spec, overrides=keep(study.overrides), objective_options=keep(study.objective_options))
     check_runs(out, study.source or "study")
     return out
@@ -422,9 +467,10 @@ def to_toml(study: Study, header: str = "") -> str:
         for f in fields(obj):
             if name == "train" and f.name in PER_RUN_FIELDS + OPTION_FIELDS:
                 continue
-            if name == "study" and f.name == "variants":
-                if obj.variants:  # written only when used: a study without them reads as before
-                    lines.append(f"variants = {_toml_table(obj.variants)}")
+            if name == "study" and f.name in ("variants", "seeds_of", "cases_of", "report", "report_options"):
+                if getattr(obj, f.name):  # written only when used: a study without them reads as before
+                    value = getattr(obj, f.name)
+                    lines.append(f"{f.name} = " + (_toml_value(value) if f.name == "report" else _toml_table(value)))
                 continue
             lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
     for section in OPTION_FIELDS:

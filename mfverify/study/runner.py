@@ -339,11 +339,14 @@ def evaluate(study: Study, truth_blob: dict, case: str, objective: str, seed: in
 @dataclass(frozen=True)
 class Job:
     """Training runs done together: one seed, or (``--ensemble``) the pending seeds of one
-    (case, objective) trained as one vmapped ensemble."""
+    (case, objective) trained as one vmapped ensemble. ``aliases``: ``(name, seed)`` of
+    other objectives of the study whose run is this very run (the same resolved
+    configuration, ``run_identity``): trained once, evaluated and stored under each name."""
 
     case: str
     objective: str
     seeds: tuple
+    aliases: tuple = ()
 
 
 def _ensembles(cfg) -> bool:
@@ -352,16 +355,40 @@ def _ensembles(cfg) -> bool:
     return not cfg.conditional and objectives.get(cfg.objective).heads == 1
 
 
+def run_identity(study: Study, case: str, objective: str, seed: int):
+    """What identifies a run: its resolved training configuration (the registered objective,
+    not the study's name for it) and the target it is evaluated against. Two names of a
+    study with the same identity are one run."""
+    return study.run_config(case, objective, seed), _guided_target(study, case, objective)
+
+
 def plan(study: Study, out: Path, ensemble: bool = False) -> list[Job]:
-    """The jobs of the runs without ``run.json`` (finished runs are not redone)."""
+    """The jobs of the runs without ``run.json`` (finished runs are not redone); a run
+    whose resolved configuration another name of the study shares is trained once."""
+    first, aliases = {}, {}
+    for case, obj, seed in study.study.runs():
+        key = run_identity(study, case, obj, seed)
+        if key in first:
+            aliases.setdefault(first[key], []).append((obj, seed))
+        else:
+            first[key] = (case, obj, seed)
+    done = lambda case, obj, seed: (run_dir(out, case, obj, seed) / "run.json").exists()  # noqa: E731
     jobs = []
     for case in study.study.cases:
         for obj in study.study.objectives:
-            pending = tuple(s for s in range(study.study.seeds) if not (run_dir(out, case, obj, s) / "run.json").exists())
+            if case not in study.study.cases_for(obj):
+                continue
+            pending = []
+            for seed in range(study.study.seeds_for(obj)):
+                if first[run_identity(study, case, obj, seed)] != (case, obj, seed):
+                    continue  # an alias: stored with the run it is
+                todo = [a for a in aliases.get((case, obj, seed), ()) if not done(case, *a)]
+                if not done(case, obj, seed) or todo:
+                    pending.append((seed, tuple(todo)))
             if ensemble and len(pending) > 1 and _ensembles(study.run_config(case, obj, 0)):
-                jobs.append(Job(case, obj, pending))
+                jobs.append(Job(case, obj, tuple(s for s, _ in pending), tuple(a for _, al in pending for a in al)))
             else:
-                jobs += [Job(case, obj, (s,)) for s in pending]
+                jobs += [Job(case, obj, (s,), al) for s, al in pending]
     return jobs
 
 
@@ -384,28 +411,33 @@ def execute(study: Study, job: Job, truth_blob: dict, progress: bool = False, mo
         results = [train(cfgs[0], progress=progress)]
     outputs = []
     for cfg, result in zip(cfgs, results):
-        files = {"checkpoint.pt": torch_bytes(checkpoint(cfg, result))}
-        if result.diverged_step is not None:
-            rows, samples, field = [], {}, []
-        else:
-            rows, samples, field = evaluate(study, truth_blob, job.case, job.objective, cfg.seed, result.ema, device, dtype)
-        if samples:
-            files["samples.pt"] = torch_bytes(samples)
-        files["field_grid.csv"] = csv_text(field, FIELD_COLUMNS).encode()
-        files["rows.csv"] = _rows_text(rows).encode()
-        record = {
-            "study": study.study.name,
-            "case": job.case,
-            "objective": job.objective,
-            "seed": cfg.seed,
-            "steps": len(result.losses),
-            "wall_seconds": round(result.wall_seconds, 3),
-            "final_loss": result.final_loss,
-            "diverged_step": "" if result.diverged_step is None else result.diverged_step,
-            "device": str(device),
-            "ensemble": len(cfgs),
-        }
-        outputs.append({"case": job.case, "objective": job.objective, "seed": cfg.seed, "files": files, "record": record})
+        ckpt = torch_bytes(checkpoint(cfg, result))
+        names = [job.objective] + [name for name, seed in job.aliases if seed == cfg.seed]
+        for name in names:
+            files = {"checkpoint.pt": ckpt}
+            if result.diverged_step is not None:
+                rows, samples, field = [], {}, []
+            else:
+                rows, samples, field = evaluate(study, truth_blob, job.case, name, cfg.seed, result.ema, device, dtype)
+            if samples:
+                files["samples.pt"] = torch_bytes(samples)
+            files["field_grid.csv"] = csv_text(field, FIELD_COLUMNS).encode()
+            files["rows.csv"] = _rows_text(rows).encode()
+            record = {
+                "study": study.study.name,
+                "case": job.case,
+                "objective": name,
+                "seed": cfg.seed,
+                "steps": len(result.losses),
+                "wall_seconds": round(result.wall_seconds, 3),
+                "final_loss": result.final_loss,
+                "diverged_step": "" if result.diverged_step is None else result.diverged_step,
+                "device": str(device),
+                "ensemble": len(cfgs),
+            }
+            if name != job.objective:
+                record["same_run_as"] = job.objective  # trained once, under the first name
+            outputs.append({"case": job.case, "objective": name, "seed": cfg.seed, "files": files, "record": record})
     return outputs
 
 
@@ -616,8 +648,8 @@ def _run_locked(study, out, jobs, progress, stop_after, start_method, executor=N
         run_baselines(study, out, case)
 
     todo = plan(study, out, ensemble)
-    total = len(cases) * len(study.study.objectives) * study.study.seeds
-    pending = sum(len(job.seeds) for job in todo)
+    total = len(study.study.runs())
+    pending = sum(1 for case, obj, seed in study.study.runs() if not (run_dir(out, case, obj, seed) / "run.json").exists())
     bar = tqdm(total=total, initial=total - pending, desc="runs", disable=not progress)
     if executor is None:
         executor = "serial" if jobs <= 1 else "processes"
@@ -641,6 +673,10 @@ def _run_locked(study, out, jobs, progress, stop_after, start_method, executor=N
         pool.close()
     bar.close()
     assemble(study, out)
+    if study.study.report:
+        from mfverify.registry import resolve_string
+
+        resolve_string(study.study.report, "report")(study, out)
 
 
 def assemble(study: Study, out: Path) -> None:
@@ -652,12 +688,10 @@ def assemble(study: Study, out: Path) -> None:
     for case in study.study.cases:
         rows += _read_rows(out / "runs" / case / "baselines" / "rows.csv")
     records = []
-    for case in study.study.cases:
-        for obj in study.study.objectives:
-            for seed in range(study.study.seeds):
-                folder = run_dir(out, case, obj, seed)
-                rows += _read_rows(folder / "rows.csv")
-                records.append(json.loads((folder / "run.json").read_text()))
+    for case, obj, seed in study.study.runs():
+        folder = run_dir(out, case, obj, seed)
+        rows += _read_rows(folder / "rows.csv")
+        records.append({k: v for k, v in json.loads((folder / "run.json").read_text()).items() if k in RUN_COLUMNS})
     order = {m: i for i, m in enumerate(list(study.study.objectives) + list(study.study.baselines))}
     rows.sort(key=lambda r: (r["case"], order.get(r["method"], 99), str(r["seed"]), int(r["nfe"]), r["metric"]))
     buf = io.StringIO()

@@ -183,7 +183,7 @@ def field_error_table(study, out: Path, case: str) -> list[dict]:
     table = []
     for index, obj in enumerate(study.study.objectives):
         cells = {}
-        for seed in range(study.study.seeds):
+        for seed in range(study.study.seeds_for(obj)):
             path = run_dir(out, case, obj, seed) / "field_grid.csv"
             if not path.exists():
                 continue

@@ -6,8 +6,8 @@ With ``tau(s) = t - s (t - r)`` and ``z(s) = (x - x(tau(s))) / (t - r)``,
 
 so ``u`` is integrated directly: no cancellation as ``r -> t``, and error
 control acts on ``u`` itself. Each point has its own step size
-(``solver.solve``; for values of a full mixture on the CPU, the same method
-compiled per point in ``kernel.py``).
+(``solver.solve``; for a full mixture on the CPU, the same method compiled per
+point: values in ``kernel.py``, values with tangents in ``kernel_tangent.py``).
 
 Derivatives (the variational equation, integrated with the flow): a tangent
 ``(dx, dr, dt)`` moves ``y = x - (t-r) z`` by
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from mfverify.truth import kernel, solver
+from mfverify.truth import kernel, kernel_tangent, solver
 from mfverify.truth.fields import SMALL_T, posterior_raw, small_t_fields, velocity_jvp_raw, velocity_raw
 from mfverify.cases import GaussianMixture
 
@@ -66,6 +66,8 @@ def _solve(mixture, x, r, t, tangent, rtol, atol, stats):
     max_step = (MAX_DTAU / (t - r).clamp_min(1e-300)).clamp_max(1.0)
     if m == 0 and _kernel_applies(mixture, x):
         return kernel.average_velocity(mixture, x, r, t, max_step, rtol=rtol, atol=atol, stats=stats), None
+    if m > 0 and kernel_tangent.applies(mixture, x):
+        return kernel_tangent.average_velocity(mixture, x, r, t, tangent, max_step, rtol=rtol, atol=atol, stats=stats)
     state0 = torch.zeros(n, (1 + m) * d, dtype=torch.float64, device=x.device)
     params = (x, r, t) + (() if tangent is None else tuple(tangent))
     state = solver.solve(_rhs(mixture, m), state0, params, rtol=rtol, atol=atol, max_step=max_step, stats=stats)

@@ -1,0 +1,394 @@
+"""Compiled per-point DOP853 for the average velocity *and its tangents* (the variational
+equation of ``ode.py``) of a full, non-singular Gaussian mixture on the CPU.
+
+The state of a point is ``(z, W_1 .. W_m)`` ((1 + m) d numbers): ``z`` as in ``kernel.py`` and
+one tangent ``W_j = dz`` per direction ``(dx_j, dr_j, dt_j)``, with
+
+    dW_j/ds = J_y v(y, tau) . dy_j + d_tau v(y, tau) dtau_j,
+    dy_j = dx_j - (dt_j - dr_j) z - (t - r) W_j,   dtau_j = dt_j - s (dt_j - dr_j),
+
+integrated with the flow under one error control over the whole state (as the torch solver
+does: the same method, tableau, PI control, initial step and error norm). ``J_y v`` and
+``d_tau v`` are formed once per evaluation in closed form, in the eigenbasis of each
+component (``Y_k = Q_k^T y - (1 - tau) Q_k^T mu_k``, ``c_kj = (1-tau)^2 lam_kj + tau^2``,
+``a_kj = (tau - (1-tau) lam_kj) / c_kj``, ``v_k = Q_k (a_k Y_k) - mu_k``)::
+
+    J_y v   = sum_k pi_k Q_k diag(a_k) Q_k^T + sum_k pi_k (v_k - v) (g_k - g)^T,  g_k = -Q_k (Y_k / c_k)
+    d_tau v = sum_k pi_k Q_k (a'_k Y_k + a_k Q_k^T mu_k) + sum_k pi_k (v_k - v) (l'_k - l')
+
+with ``a'_kj = ((1 + lam_kj) - a_kj c'_kj) / c_kj``, ``c'_kj = 2 tau - 2 (1 - tau) lam_kj`` and
+``l'_k = d_tau logit_k = -sum_j (Y_kj (Q_k^T mu_k)_j / c_kj - Y_kj^2 c'_kj / (2 c_kj^2) + c'_kj / (2 c_kj))``;
+``g`` and ``l'`` are the pi-weighted means. Components whose logit lies more than 50 below the
+largest carry weight < 2e-22 and are left out, as in ``kernel.py``. Only components with
+weight enter the d^3 part, so the cost per evaluation is about ``K d^2 + K_active d^3 + m d^2``
+against the values' ``K d^2 + K_active d^2``: near the noise end, where every component
+carries weight, the ratio tends to d.
+
+Measured (``benchmarks/truth_bench.py --derivatives``, 2 threads, d + 2 tangents): ring8 about
+5000 points/s (7.5x below values), random16d about 280 (12-24x below values; the torch
+solver: 14).
+``ode.py`` routes tangents here where ``applies``; the torch solver remains the reference
+(tests compare the two, and both against a tighter solve).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from mfverify.truth import kernel
+
+numba = kernel.numba
+OK, TOO_MANY_STEPS, STEP_UNDERFLOW = kernel.OK, kernel.TOO_MANY_STEPS, kernel.STEP_UNDERFLOW
+USE = True  # tangents of full non-singular mixtures on CPU go through this kernel
+
+
+def applies(mixture, x) -> bool:
+    from mfverify.cases import GaussianMixture
+
+    return (USE and kernel.available() and isinstance(mixture, GaussianMixture) and x.device.type == "cpu"
+            and not mixture.is_singular)
+
+
+if numba is not None:
+    from numba import njit, prange
+
+    _SKIP = kernel._SKIP_LOGIT
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _fields(tau, y, KT, MK, QQ, d, K, Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, w3):
+        """v, d_tau v and J_y v (transposed: ``JT[l, i] = dv_i / dy_l``) at (y, tau); the rest is
+        scratch. Every inner loop runs over independent outputs (axpy form), so it vectorises
+        without reassociating any sum (no fast-math, as in ``kernel.py``)."""
+        KD = K * d
+        one_m = 1.0 - tau
+        one_m2 = one_m * one_m
+        tau2 = tau * tau
+        best = -np.inf
+        for k in range(K):
+            base = k * d
+            for j in range(d):
+                Yk[k, j] = 0.0
+            for i in range(d):  # Y_k = Q_k^T y - (1 - tau) Q_k^T mu_k, row i of Q_k at a time
+                c = y[i]
+                for j in range(d):
+                    Yk[k, j] += QQ[base + i, j] * c
+            quad = 0.0
+            dl = 0.0
+            det = 1.0
+            for j in range(d):
+                muq = MK[2 * K + k, j]
+                Y = Yk[k, j] - one_m * muq
+                Yk[k, j] = Y
+                lam = MK[K + k, j]
+                c = one_m2 * lam + tau2
+                ic = 1.0 / c
+                cp = 2.0 * tau - 2.0 * one_m * lam
+                ck[k, j] = ic
+                ak[k, j] = (tau - one_m * lam) * ic
+                quad += Y * Y * ic
+                det *= c
+                dl -= Y * muq * ic - 0.5 * Y * Y * cp * ic * ic + 0.5 * cp * ic
+            if det > 1e-300 and det < 1e300:
+                logdet = math.log(det)
+            else:  # an extreme spectrum: the sum of logs stays in range
+                logdet = 0.0
+                for j in range(d):
+                    logdet += math.log(one_m2 * MK[K + k, j] + tau2)
+            lk = KT[2 * d, k] - 0.5 * quad - 0.5 * logdet
+            lg[k] = lk
+            lt[k] = dl
+            if lk > best:
+                best = lk
+        total = 0.0
+        for k in range(K):
+            if lg[k] < best - _SKIP:
+                lg[k] = 0.0
+            else:
+                e = math.exp(lg[k] - best)
+                lg[k] = e
+                total += e
+        for k in range(K):
+            lg[k] /= total
+        for i in range(d):
+            v[i] = 0.0
+            vt[i] = 0.0
+            for l in range(d):
+                JT[i, l] = 0.0
+        ltbar = 0.0
+        aY = w3[0]
+        gY = w3[1]
+        tY = w3[2]
+        for k in range(K):
+            p = lg[k]
+            if p == 0.0:
+                continue
+            ltbar += p * lt[k]
+            for j in range(d):
+                Y = Yk[k, j]
+                ic = ck[k, j]
+                a = ak[k, j]
+                lam = MK[K + k, j]
+                cp = 2.0 * tau - 2.0 * one_m * lam
+                aY[j] = a * Y
+                gY[j] = -Y * ic
+                tY[j] = ((1.0 + lam) - a * cp) * ic * Y + a * MK[2 * K + k, j]
+            for i in range(d):
+                vk[k, i] = -MK[k, i]
+                gk[k, i] = 0.0
+            cols = KD + k * d  # row KD + k d + j of QQ: column j of Q_k
+            for j in range(d):
+                ca = aY[j]
+                cg = gY[j]
+                ct = p * tY[j]
+                cj = p * ak[k, j]
+                for i in range(d):
+                    q = QQ[cols + j, i]
+                    vk[k, i] += q * ca
+                    gk[k, i] += q * cg
+                    vt[i] += q * ct
+                for i in range(d):  # p a_kj q_j q_j^T (symmetric, so JT gets the same)
+                    ci = cj * QQ[cols + j, i]
+                    for l in range(d):
+                        JT[i, l] += ci * QQ[cols + j, l]
+            for i in range(d):
+                v[i] += p * vk[k, i]
+        # the softmax terms: sum_k pi_k (v_k - v)(g_k - g)^T and sum_k pi_k (v_k - v)(l'_k - l')
+        gbar = w3[0]
+        for l in range(d):
+            gbar[l] = 0.0
+        for k in range(K):
+            p = lg[k]
+            if p != 0.0:
+                for l in range(d):
+                    gbar[l] += p * gk[k, l]
+        for k in range(K):
+            p = lg[k]
+            if p == 0.0:
+                continue
+            dv = w3[1]
+            for i in range(d):
+                dv[i] = vk[k, i] - v[i]
+            w = p * (lt[k] - ltbar)
+            for i in range(d):
+                vt[i] += w * dv[i]
+            for l in range(d):
+                c = p * (gk[k, l] - gbar[l])
+                for i in range(d):
+                    JT[l, i] += c * dv[i]
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _rhs(s, state, x, r, t, dx, dr, dt, m, args, scr, out, row):
+        KT, MK, QQ = args
+        Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, y, dy, w3 = scr
+        d = x.shape[0]
+        K = MK.shape[0] // 3
+        h = t - r
+        for i in range(d):
+            y[i] = x[i] - h * state[i]
+        _fields(t - s * h, y, KT, MK, QQ, d, K, Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, w3)
+        for i in range(d):
+            out[row, i] = v[i]
+        for jj in range(m):
+            dh = dt[jj] - dr[jj]
+            dtau = dt[jj] - s * dh
+            o = (1 + jj) * d
+            for i in range(d):
+                dy[i] = dx[jj, i] - dh * state[i] - h * state[o + i]
+            for i in range(d):
+                out[row, o + i] = vt[i] * dtau
+            for l in range(d):  # J dy as a sum of columns of J (rows of JT)
+                c = dy[l]
+                for i in range(d):
+                    out[row, o + i] += JT[l, i] * c
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _solve_point(x, r, t, dx, dr, dt, h_max, rtol, atol, max_steps, ctrl, args, tab, scr, k_st, y, ynew, ytmp,
+                     e5v, e3v):
+        A, B, C, E3, E5 = tab
+        beta, safety, fac_min, fac_max = ctrl
+        m = dx.shape[0]
+        q = y.shape[0]
+        n_stages = B.shape[0]
+        F1 = n_stages + 1
+        for i in range(q):
+            y[i] = 0.0
+        s = 0.0
+        _rhs(s, y, x, r, t, dx, dr, dt, m, args, scr, k_st, 0)
+        evals = 1
+        d0 = 0.0
+        d1 = 0.0
+        for i in range(q):
+            sc = atol + rtol * abs(y[i])
+            d0 += (y[i] / sc) ** 2
+            d1 += (k_st[0, i] / sc) ** 2
+        d0 = math.sqrt(d0 / q)
+        d1 = math.sqrt(d1 / q)
+        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+        h0 = min(h0, 1.0)
+        for i in range(q):
+            ytmp[i] = y[i] + h0 * k_st[0, i]
+        _rhs(s + h0, ytmp, x, r, t, dx, dr, dt, m, args, scr, k_st, F1)
+        evals += 1
+        d2 = 0.0
+        for i in range(q):
+            sc = atol + rtol * abs(y[i])
+            d2 += ((k_st[F1, i] - k_st[0, i]) / sc) ** 2
+        d2 = math.sqrt(d2 / q) / h0
+        big = max(d1, d2)
+        h1 = max(h0 * 1e-3, 1e-6) if big <= 1e-15 else (0.01 / max(big, 1e-300)) ** (1.0 / 8.0)
+        h = h1 if d0 < 1e-5 else min(100 * h0, h1)
+        h = min(max(h, 1e-12), 1.0)
+        h = min(h, h_max)
+        err_old = 1e-4
+        accepted = 0
+        rejected = 0
+        steps = 0
+        while True:
+            h = min(h, 1.0 - s)
+            for st in range(1, n_stages):
+                for i in range(q):
+                    ytmp[i] = 0.0
+                for j in range(st):
+                    a = A[st, j]
+                    for i in range(q):
+                        ytmp[i] += a * k_st[j, i]
+                for i in range(q):
+                    ytmp[i] = y[i] + h * ytmp[i]
+                _rhs(s + C[st] * h, ytmp, x, r, t, dx, dr, dt, m, args, scr, k_st, st)
+            for i in range(q):
+                ynew[i] = 0.0
+            for j in range(n_stages):
+                b = B[j]
+                for i in range(q):
+                    ynew[i] += b * k_st[j, i]
+            for i in range(q):
+                ynew[i] = y[i] + h * ynew[i]
+            last = h >= 1.0 - s
+            s_new = 1.0 if last else s + h
+            _rhs(s_new, ynew, x, r, t, dx, dr, dt, m, args, scr, k_st, n_stages)
+            evals += n_stages
+            for i in range(q):
+                e5v[i] = 0.0
+                e3v[i] = 0.0
+            for j in range(n_stages + 1):
+                c5 = E5[j]
+                c3 = E3[j]
+                for i in range(q):
+                    e5v[i] += c5 * k_st[j, i]
+                    e3v[i] += c3 * k_st[j, i]
+            e5 = 0.0
+            e3 = 0.0
+            for i in range(q):
+                sc = atol + rtol * max(abs(y[i]), abs(ynew[i]))
+                e5 += (e5v[i] / sc) ** 2
+                e3 += (e3v[i] / sc) ** 2
+            denom = (e5 + 0.01 * e3) * q
+            err = h * e5 / math.sqrt(max(denom, 1e-300)) if denom > 0 else 0.0
+            finite = math.isfinite(err)
+            ok = finite and err <= 1.0
+            if err == 0.0:
+                factor = fac_max
+            elif not finite:
+                factor = fac_min
+            else:
+                pi = max(err, 1e-300) ** (-1.0 / 8.0 + 0.2 * beta) * err_old**beta
+                factor = min(max(safety * pi, fac_min), fac_max)
+            if not ok:
+                factor = min(factor, 1.0)
+            steps += 1
+            if ok:
+                accepted += 1
+                s = s_new
+                for i in range(q):
+                    y[i] = ynew[i]
+                    k_st[0, i] = k_st[n_stages, i]
+                err_old = max(err, 1e-4)
+            else:
+                rejected += 1
+            h = min(h * factor, h_max)
+            if ok and last:
+                return OK, accepted, rejected, evals
+            if steps > max_steps:
+                return TOO_MANY_STEPS, accepted, rejected, evals
+            if h <= 1e-15:
+                return STEP_UNDERFLOW, accepted, rejected, evals
+
+    @njit(cache=True, parallel=True, error_model="numpy")
+    def _solve_all(x, r, t, dx, dr, dt, h_max, rtol, atol, max_steps, ctrl, args, tab, out, info):
+        n, d = x.shape
+        m = dx.shape[1]
+        K = args[1].shape[0] // 3
+        q = (1 + m) * d
+        n_stages = tab[1].shape[0]
+        n_blocks = (n + kernel._BLOCK - 1) // kernel._BLOCK
+        for b in prange(n_blocks):
+            scr = (np.empty((K, d)), np.empty((K, d)), np.empty((K, d)), np.empty((K, d)), np.empty((K, d)),
+                   np.empty(K), np.empty(K), np.empty(d), np.empty(d), np.empty((d, d)), np.empty(d), np.empty(d),
+                   np.empty((3, d)))
+            k_st = np.empty((n_stages + 2, q))
+            ynew = np.empty(q)
+            ytmp = np.empty(q)
+            e5v = np.empty(q)
+            e3v = np.empty(q)
+            for p in range(b, n, n_blocks):
+                status, acc, rej, ev = _solve_point(x[p], r[p], t[p], dx[p], dr[p], dt[p], h_max[p], rtol, atol,
+                                                    max_steps, ctrl, args, tab, scr, k_st, out[p], ynew, ytmp, e5v, e3v)
+                info[p, 0] = status
+                info[p, 1] = acc
+                info[p, 2] = rej
+                info[p, 3] = ev
+
+
+_NO_FUNCTORCH = getattr(torch._C, "_DisableFuncTorch", None)
+
+
+def _numpy(a: torch.Tensor) -> np.ndarray:
+    """A float64 tensor's values as a contiguous array (called with functorch disabled: inside a
+    ``torch.func`` transform, as ``identities.ExactModel`` is called in ``torch.func.jvp``, a
+    detached input is a wrapper without storage of its own, and ``clone`` there gives a plain one)."""
+    return np.ascontiguousarray(a.detach().clone().contiguous().numpy())
+
+
+def average_velocity(gm, x, r, t, tangent, h_max, *, rtol, atol, max_steps=100_000, stats=None):
+    """``(u (n, d), du (n, m, d))`` for CPU float64 tensors; same contract as ``ode._solve``."""
+    if _NO_FUNCTORCH is None:  # pragma: no cover
+        return _average_velocity(gm, x, r, t, tangent, h_max, rtol, atol, max_steps, stats)
+    with _NO_FUNCTORCH():  # inside a torch.func transform: plain tensors in and out (see _numpy)
+        return _average_velocity(gm, x, r, t, tangent, h_max, rtol, atol, max_steps, stats)
+
+
+def _average_velocity(gm, x, r, t, tangent, h_max, rtol, atol, max_steps, stats):
+    dx, dr, dt = tangent
+    n, d = x.shape
+    m = dx.shape[1]
+    out = np.zeros((n, (1 + m) * d))
+    if n == 0:
+        return torch.from_numpy(out[:, :d]), torch.from_numpy(out[:, d:]).view(n, m, d)
+    info = np.zeros((n, 4), dtype=np.int64)
+    KT, MK, QQ, _, _ = kernel._mixture_arrays(gm)
+    tab = (kernel._A, kernel._B, kernel._C, kernel._E3, kernel._E5)
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    c = _numpy
+    with kernel._LOCK:
+        numba.set_num_threads(threads)
+        _solve_all(c(x), c(r), c(t), c(dx), c(dr), c(dt), c(h_max), float(rtol), float(atol), int(max_steps),
+                   kernel.CONTROL, (KT, MK, QQ), tab, out, info)
+    if stats is not None:
+        stats.points += n
+        stats.accepted += int(info[:, 1].sum())
+        stats.rejected += int(info[:, 2].sum())
+        stats.max_steps = max(stats.max_steps, int((info[:, 1] + info[:, 2]).max()))
+        stats.point_evals += int(info[:, 3].sum())
+    bad = np.nonzero(info[:, 0] != OK)[0]
+    if bad.size:
+        first = int(bad[0])
+        if info[first, 0] == TOO_MANY_STEPS:
+            raise RuntimeError(f"ODE solver exceeded max_steps={max_steps} at {bad.size} points (first: {first})")
+        raise RuntimeError(f"ODE step size underflowed at {bad.size} points (first: {first}): "
+                           "the right-hand side is singular or not finite there")
+    u = torch.from_numpy(out[:, :d].copy())
+    du = torch.from_numpy(out[:, d:].copy()).view(n, m, d)
+    return u, du
