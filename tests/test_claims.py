@@ -169,6 +169,32 @@ def test_a_trained_claims_rule_follows_the_numbers(quick, tmp_path):
     assert rows[0]["verdict"] != "holds"
 
 
+@pytest.mark.parametrize("intervals, verdict", [
+    ({}, "holds"),  # every row stable (the real quick preset's rows are replaced by these)
+    ({("shortcut", 0.75): (-0.5, -0.1)}, "fails"),  # a row unstable, the control trusted
+    ({("mf_sg", 0.75): (-0.5, 0.5)}, "partly"),  # a row undetermined
+    ({("mf", 0.75): (-0.5, 0.5), ("shortcut", 0.75): (-0.5, -0.1)}, "partly"),  # the control not stable: untrusted
+])
+def test_c12_rule_follows_the_intervals_and_its_control(quick, monkeypatch, intervals, verdict):
+    from mfverify import stability
+
+    study, out = quick
+    ctx = _context(study, out)
+    frac = study.train.frac_r_eq_t
+
+    def fake(obj, case, law, n_points, n_features, frac_r_eq_t, **kw):
+        key = (obj, frac_r_eq_t) if law == "uniform" or obj != "mf" else (obj + "_logit", frac_r_eq_t)
+        lo, hi = intervals.get(key, (1.0, 2.0))
+        return stability.EigenSummary(min_real=lo, interval=(lo, hi), min_real_normalised=(lo + hi) / 2,
+                                      interval_normalised=(lo, hi), max_abs=1.0, min_real_symmetric=lo,
+                                      asymmetry=0.0, n_points=n_points, n_features=n_features)
+
+    assert frac == 0.75
+    monkeypatch.setattr(stability, "stability", fake)
+    rows = claims.c12_stability(ctx)
+    assert rows[0]["verdict"] == verdict, [(r["metric"], r["value"]) for r in rows]
+
+
 def test_mf_tangent_at_its_default_is_mf_and_wrong_tangents_are_not_stationary():
     torch.manual_seed(0)
     (model, x0, x1, r, t, _w), = check._networks(0, "mlp", dims=(2,))

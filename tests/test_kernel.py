@@ -197,6 +197,39 @@ def test_tangent_kernel_equals_torch_variational_equation_on_random_mixtures(gm,
     assert _close(u, u_ref) and _close(du, du_ref)
 
 
+@given(gm=mixtures(K=st.integers(1, 3), d=st.integers(8, 10), min_log10_eig=-2.0), rt=times(n=2),
+       seed=st.integers(0, 2**16))
+def test_tangent_kernel_blas_path_equals_torch_variational_equation(gm, rt, seed):
+    """From d = 8 on (``kernel_tangent._BLAS_FROM``) J_y v is one matrix product: the same ODE as
+    the torch solver's, both at 1e-13, agree to 1e-9."""
+    from mfverify.truth import kernel_tangent
+
+    assert gm.d >= kernel_tangent._BLAS_FROM
+    r, t = rt
+    x = points_on_path(gm, t, seed)
+    (u, du), (u_ref, du_ref) = _both_tangent_routes(gm, x, r, t, _tangents(x.shape[0], 3, gm.d, seed))
+    assert _close(u, u_ref) and _close(du, du_ref)
+
+
+@given(K=st.integers(1, 5), d=st.sampled_from([1, 2, 3, 9]), seed=st.integers(0, 2**16), rt=times(n=3))
+def test_tangent_kernel_shared_diagonal_path_equals_torch_variational_equation(K, d, seed, rt):
+    """A diagonal covariance shared by every component (``kernel._SHARED``) has its own closed
+    form for J_y v (a posterior covariance of the means, K d^2 work); d = 9 also takes the
+    BLAS product for J dy."""
+    from mfverify.truth import kernel, kernel_tangent
+
+    g = torch.Generator().manual_seed(seed)
+    lam = 10 ** (-2 + 2 * torch.rand(d, generator=g, dtype=torch.float64))
+    w = torch.rand(K, generator=g, dtype=torch.float64) + 0.1
+    gm = GaussianMixture(w / w.sum(),
+                         2 * torch.randn(K, d, generator=g, dtype=torch.float64), torch.diag(lam).expand(K, d, d))
+    assert kernel._mixture_arrays(gm)[3] == kernel._SHARED and kernel_tangent.applies(gm, gm.means)
+    r, t = rt
+    x = points_on_path(gm, t, seed)
+    (u, du), (u_ref, du_ref) = _both_tangent_routes(gm, x, r, t, _tangents(x.shape[0], 3, gm.d, seed))
+    assert _close(u, u_ref) and _close(du, du_ref)
+
+
 @pytest.mark.parametrize("name", ["ring8", "random16d", "gauss2d_aniso"])
 def test_tangent_kernel_equals_torch_variational_equation_on_named_cases(name):
     m = get_case(name)

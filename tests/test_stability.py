@@ -71,3 +71,134 @@ def test_flow_matching_is_2_in_function_space_units():
 
     s = stability("fm", "ring8", n_points=30, n_features=5, frac_r_eq_t=1.0, n_boot=10)
     assert s.min_real_normalised == pytest.approx(2.0, rel=1e-9) and s.asymmetry < 1e-12
+
+
+# ------------------------------------------------ a network's own tangent features as directions
+
+
+def test_network_directions_are_the_parameter_derivatives():
+    from mfverify.models import MeanFlowMLP
+    from mfverify.stability import NetworkDirections
+
+    torch.manual_seed(0)
+    net = MeanFlowMLP(2, width=8, depth=2)
+    dirs = NetworkDirections(net, 3, seed=4)
+    x, r, t = training_points(get_case("ring8"), 5, seed=1)
+    h = dirs(x, r, t)
+    eps = 1e-6
+    plus, minus = (NetworkDirections(net, 3, seed=4) for _ in range(2))
+    with torch.no_grad():
+        for (name, p), (_, q) in zip(plus.net.named_parameters(), minus.net.named_parameters()):
+            p.add_(eps * dirs.E[name][2])
+            q.sub_(eps * dirs.E[name][2])
+    fd = (plus.net(x, r, t) - minus.net(x, r, t)) / (2 * eps)
+    # central difference: O(eps^2) truncation, float64 round-off ~1e-16 / eps = 1e-10
+    assert torch.allclose(h[:, 2], fd, rtol=0, atol=1e-8), (h[:, 2] - fd).abs().max()
+
+
+def test_generic_H_on_network_directions_equals_mf_closed_form():
+    # mf (p = 0): L h = 2 (h + (t - r) D_v h), D_v h = J_x h . v + d_t h, here by forward mode
+    # through the network's tangent features themselves
+    from mfverify.models import MeanFlowMLP
+    from mfverify.stability import NetworkDirections
+
+    torch.manual_seed(1)
+    mixture = get_case("ring8")
+    dirs = NetworkDirections(MeanFlowMLP(2, width=8, depth=2), 4, seed=2)
+    x, r, t = training_points(mixture, 10, frac_r_eq_t=0.25, seed=3)
+    C = pseudo_gradient_matrix("mf", mixture, dirs, x, r, t, p=0.0)
+    v = truth.velocity(mixture, x, t)
+    h, dh = torch.func.jvp(dirs, (x, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+    ref = 2 * torch.einsum("nid,njd->nij", h, h + (t - r)[:, None, None] * dh)
+    # H is linear in u for mf: the central difference is exact up to round-off
+    assert torch.allclose(C, ref, rtol=0, atol=1e-8 * float(ref.abs().max())), (C - ref).abs().max()
+
+
+def test_network_directions_refuse_a_mismatched_case():
+    from mfverify.models import MeanFlowMLP
+    from mfverify.stability import NetworkDirections, stability
+
+    with pytest.raises(ValueError, match="dimension 3"):
+        stability("mf", "ring8", n_points=4, directions=NetworkDirections(MeanFlowMLP(3, width=4, depth=1), 2))
+    with pytest.raises(ValueError, match="n_features"):
+        NetworkDirections(MeanFlowMLP(2, width=4, depth=1), 0)
+
+
+# ------------------------------------------------ MATH.md §7's formula for the symmetric part
+
+
+@pytest.mark.parametrize("kind", ["uniform", "logit_normal"])
+def test_law_quadrature_integrates_the_law(kind):
+    from mfverify.stability import law_density, law_quadrature
+
+    (td, wd), (rp, tp, wp) = law_quadrature(kind, -0.4, 1.0, 48)
+    # int q = 1 and int int_{r<t} q(r) q(t) = 1/2 (an exchangeable pair); the logit-normal rule
+    # is cut at 9 standard deviations (mass outside ~2e-19) and is Gauss-Legendre on a Gaussian
+    assert float(wd.sum()) == pytest.approx(1.0, abs=1e-12)
+    assert float(wp.sum()) == pytest.approx(0.5, abs=1e-12)
+    assert bool((rp <= tp).all())
+    # and its mean: E t = E over one draw, E[r] + E[t] = 2 E[one draw]
+    assert float((wp * (rp + tp)).sum()) == pytest.approx(float((wd * td).sum()), abs=1e-10)
+    t = torch.tensor([0.05, 0.3, 0.7], dtype=torch.float64)
+    q, dlogq = law_density(kind, -0.4, 1.0, t)
+    h = 1e-6
+    log_q = lambda s: torch.log(law_density(kind, -0.4, 1.0, s)[0])  # noqa: E731
+    fd = (log_q(t + h) - log_q(t - h)) / (2 * h)
+    assert torch.allclose(dlogq, fd, rtol=1e-7, atol=1e-7)
+
+
+def test_mixture_quadrature_has_the_moments_of_p_t():
+    from mfverify.stability import mixture_quadrature
+
+    mixture = get_case("ring8")
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
+    x, w = mixture_quadrature(mixture, t, 6)
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-14)
+    mu, cov, pi = mixture.means.double(), mixture.covs.double(), mixture.weights.double()
+    for i, s in enumerate(t.tolist()):
+        mean = (1 - s) * (pi[:, None] * mu).sum(0)
+        second = (pi[:, None, None] * ((1 - s) ** 2 * (cov + mu[:, :, None] * mu[:, None, :])
+                                       + s**2 * torch.eye(2, dtype=torch.float64))).sum(0)
+        # Gauss-Hermite with 6 nodes is exact for polynomials of degree <= 11
+        assert torch.allclose((w[:, None] * x[i]).sum(0), mean, atol=1e-13)
+        assert torch.allclose(torch.einsum("n,na,nb->ab", w, x[i], x[i]), second, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind, frac, n_t, n_gh", [("uniform", 0.5, 16, 12), ("logit_normal", 0.0, 48, 8)])
+def test_math_7_formula_is_the_symmetric_part_of_mf_H(kind, frac, n_t, n_gh):
+    # Two quadratures of the same nodes: E_mu[h_i . L h_j] with mf's closed-form L (tied to the
+    # loss by test_generic_H_equals_the_closed_form_linearisation) and §7's formula, which
+    # uses only m(r, t) = E_{p_t}|w|^2 and the law's density. They agree to the quadrature's
+    # error (measured with more nodes: 9e-7 uniform, 2e-5 logit-normal at these sizes).
+    from mfverify.stability import symmetric_part_check
+
+    c = symmetric_part_check(get_case("ring8"), FourierDirections(2, 4, seed=1), kind, -0.4, 1.0, frac, n_t=n_t,
+                             n_gh=n_gh)
+    assert c.relative_difference < 1e-4, c
+    assert c.min_eig_normalised > 0
+    if kind == "uniform":
+        assert c.weight_min == 1.0 and c.mass_condition_fails == 0.0
+    else:  # MATH.md §7: logit-normal(-0.4, 1) breaks the sufficient condition at small t
+        assert c.weight_min < 0 and 0 < c.mass_condition_fails < 1e-3
+
+
+def test_a_wrong_formula_would_be_caught():
+    # the same check with the boundary term at t = 1 left out (a plausible slip) must disagree
+    from mfverify import stability
+
+    mixture, dirs = get_case("ring8"), FourierDirections(2, 4, seed=1)
+    good = stability.symmetric_part_check(mixture, dirs, "uniform", frac_r_eq_t=0.0, n_t=16, n_gh=12)
+    original = stability._gauss_legendre
+    calls = []
+
+    def no_boundary(n, a, b):
+        z, w = original(n, a, b)
+        calls.append(1)
+        return z, (w * 0 if len(calls) == 3 else w)  # the third rule built is the boundary's
+
+    stability._gauss_legendre = no_boundary
+    try:
+        bad = stability.symmetric_part_check(mixture, dirs, "uniform", frac_r_eq_t=0.0, n_t=16, n_gh=12)
+    finally:
+        stability._gauss_legendre = original
+    assert good.relative_difference < 1e-4 and bad.relative_difference > 1e-2, (good, bad)

@@ -21,12 +21,23 @@ with ``a'_kj = ((1 + lam_kj) - a_kj c'_kj) / c_kj``, ``c'_kj = 2 tau - 2 (1 - ta
 ``g`` and ``l'`` are the pi-weighted means. Components whose logit lies more than 50 below the
 largest carry weight < 2e-22 and are left out, as in ``kernel.py``. Only components with
 weight enter the d^3 part, so the cost per evaluation is about ``K d^2 + K_active d^3 + m d^2``
-against the values' ``K d^2 + K_active d^2``: near the noise end, where every component
-carries weight, the ratio tends to d.
+against the values' ``K d^2 + K_active d^2``. Three paths:
 
-Measured (``benchmarks/truth_bench.py --derivatives``, 2 threads, d + 2 tangents): ring8 about
-5000 points/s (7.5x below values), random16d about 280 (12-24x below values; the torch
-solver: 14).
+- a diagonal covariance shared by every component (``kernel._SHARED``, ring8): ``a`` and ``c``
+  are common and ``J_y v = diag(a) - (1 - tau) diag(1 + (1 - tau) a) Cov_pi(mu) diag(1/c)``
+  (``_fields_shared``, ``K d^2``);
+- ``d >= _BLAS_FROM`` (8): the d^3 part and ``J dy`` as matrix products through BLAS
+  (``_fields_blas``; about 4x faster than the loops in 16-D);
+- otherwise loops (``_fields``).
+
+The sums are those of the formulas above, in an order that differs between the paths (they
+agree to round-off, tested against each other through the torch solver).
+
+Measured (``benchmarks/truth_bench.py --only-derivatives --repeats 5``, 2 threads, d + 2
+tangents, ratio to values on the same points in the same run; the machines are noisy, three
+runs or more of this version): ring8 8400-10900 points/s, 4.4-6.0x below values; random16d 1100-1160
+points/s, 8.1-9.2x below values (the torch solver: 8-11 points/s); error against a solve at
+1e-13: 9e-13 and 7e-11.
 ``ode.py`` routes tangents here where ``applies``; the torch solver remains the reference
 (tests compare the two, and both against a tighter solve).
 """
@@ -56,9 +67,10 @@ if numba is not None:
     from numba import njit, prange
 
     _SKIP = kernel._SKIP_LOGIT
+    _BLAS_FROM = 8  # from this dimension on the d^3 part goes through BLAS (below, loops are faster)
 
     @njit(cache=True, nogil=True, error_model="numpy")
-    def _fields(tau, y, KT, MK, QQ, d, K, Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, w3):
+    def _fields(tau, y, KT, MK, QQ, cancels, d, K, Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, w3):
         """v, d_tau v and J_y v (transposed: ``JT[l, i] = dv_i / dy_l``) at (y, tau); the rest is
         scratch. Every inner loop runs over independent outputs (axpy form), so it vectorises
         without reassociating any sum (no fast-math, as in ``kernel.py``)."""
@@ -91,7 +103,9 @@ if numba is not None:
                 quad += Y * Y * ic
                 det *= c
                 dl -= Y * muq * ic - 0.5 * Y * Y * cp * ic * ic + 0.5 * cp * ic
-            if det > 1e-300 and det < 1e300:
+            if cancels:  # every component has the same spectrum: log det is common and cancels
+                logdet = 0.0
+            elif det > 1e-300 and det < 1e300:
                 logdet = math.log(det)
             else:  # an extreme spectrum: the sum of logs stays in range
                 logdet = 0.0
@@ -180,17 +194,221 @@ if numba is not None:
                     JT[l, i] += c * dv[i]
 
     @njit(cache=True, nogil=True, error_model="numpy")
+    def _fields_blas(tau, y, KT, MK, QQ, cancels, d, K, Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, w3, LT, R, W, VGT):
+        """``_fields`` with the d^3 part as one matrix product (BLAS, through numba's ``np.dot``):
+        ``JT = LT^T R`` with a row of ``LT`` per active eigenvector (``q_kj``) and per active
+        component (``pi_k (g_k - g)``), the matching row of ``R`` ``pi_k a_kj q_kj`` and
+        ``v_k - v``; and ``Q_k (a_k Y_k, -Y_k / c_k, t_k)`` as one product per component. The
+        same sums as ``_fields`` in another order (they agree to round-off)."""
+        KD = K * d
+        one_m = 1.0 - tau
+        one_m2 = one_m * one_m
+        tau2 = tau * tau
+        best = -np.inf
+        np.dot(QQ[KD : 2 * KD], y, Yk.reshape(KD))  # Q_k^T y for every k at once
+        for k in range(K):
+            quad = 0.0
+            dl = 0.0
+            det = 1.0
+            for j in range(d):
+                muq = MK[2 * K + k, j]
+                Y = Yk[k, j] - one_m * muq
+                Yk[k, j] = Y
+                lam = MK[K + k, j]
+                c = one_m2 * lam + tau2
+                ic = 1.0 / c
+                cp = 2.0 * tau - 2.0 * one_m * lam
+                ck[k, j] = ic
+                ak[k, j] = (tau - one_m * lam) * ic
+                quad += Y * Y * ic
+                det *= c
+                dl -= Y * muq * ic - 0.5 * Y * Y * cp * ic * ic + 0.5 * cp * ic
+            if cancels:  # every component has the same spectrum: log det is common and cancels
+                logdet = 0.0
+            elif det > 1e-300 and det < 1e300:
+                logdet = math.log(det)
+            else:
+                logdet = 0.0
+                for j in range(d):
+                    logdet += math.log(one_m2 * MK[K + k, j] + tau2)
+            lk = KT[2 * d, k] - 0.5 * quad - 0.5 * logdet
+            lg[k] = lk
+            lt[k] = dl
+            if lk > best:
+                best = lk
+        total = 0.0
+        for k in range(K):
+            if lg[k] < best - _SKIP:
+                lg[k] = 0.0
+            else:
+                e = math.exp(lg[k] - best)
+                lg[k] = e
+                total += e
+        for k in range(K):
+            lg[k] /= total
+        for i in range(d):
+            v[i] = 0.0
+            vt[i] = 0.0
+        ltbar = 0.0
+        rows = 0
+        for k in range(K):
+            p = lg[k]
+            if p == 0.0:
+                continue
+            ltbar += p * lt[k]
+            for j in range(d):
+                Y = Yk[k, j]
+                ic = ck[k, j]
+                a = ak[k, j]
+                lam = MK[K + k, j]
+                cp = 2.0 * tau - 2.0 * one_m * lam
+                W[j, 0] = a * Y
+                W[j, 1] = -Y * ic
+                W[j, 2] = ((1.0 + lam) - a * cp) * ic * Y + a * MK[2 * K + k, j]
+            np.dot(QQ[k * d : (k + 1) * d], W, VGT)  # Q_k (a Y, -Y / c, t)
+            for i in range(d):
+                vk[k, i] = VGT[i, 0] - MK[k, i]
+                gk[k, i] = VGT[i, 1]
+                vt[i] += p * VGT[i, 2]
+                v[i] += p * vk[k, i]
+            cols = KD + k * d  # row KD + k d + j of QQ: column j of Q_k
+            for j in range(d):
+                cj = p * ak[k, j]
+                for i in range(d):
+                    q = QQ[cols + j, i]
+                    LT[rows, i] = q
+                    R[rows, i] = cj * q
+                rows += 1
+        gbar = w3[0]
+        for l in range(d):
+            gbar[l] = 0.0
+        for k in range(K):
+            p = lg[k]
+            if p != 0.0:
+                for l in range(d):
+                    gbar[l] += p * gk[k, l]
+        for k in range(K):
+            p = lg[k]
+            if p == 0.0:
+                continue
+            w = p * (lt[k] - ltbar)
+            for i in range(d):
+                dv = vk[k, i] - v[i]
+                vt[i] += w * dv
+                R[rows, i] = dv
+                LT[rows, i] = p * (gk[k, i] - gbar[i])
+            rows += 1
+        np.dot(LT[:rows].T, R[:rows], JT)
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _fields_shared(tau, y, KT, MK, d, K, lg, lt, v, vt, JT, w3, C):
+        """``_fields`` for a diagonal covariance shared by every component (``kernel._SHARED``):
+        ``a``, ``c`` are common, ``g_k - g = (1 - tau) (mu_k - m) / c`` and
+        ``v_k - v = -(1 + (1 - tau) a) (mu_k - m)`` with ``m = sum_k pi_k mu_k``, so
+
+            J_y v   = diag(a) - (1 - tau) diag(1 + (1 - tau) a) Cov_pi(mu) diag(1 / c)
+            d_tau v = a' (y - (1 - tau) m) + a m - (1 + (1 - tau) a) Cov_pi(l', mu),
+
+        ``K d^2`` work instead of ``K d^3`` (covariances taken about the mean, two passes)."""
+        one_m = 1.0 - tau
+        one_m2 = one_m * one_m
+        tau2 = tau * tau
+        ic = w3[0]
+        a = w3[1]
+        cp = w3[2]
+        for j in range(d):
+            lam = MK[K, j]
+            ic[j] = 1.0 / (one_m2 * lam + tau2)
+            a[j] = (tau - one_m * lam) * ic[j]
+            cp[j] = 2.0 * tau - 2.0 * one_m * lam
+        best = -np.inf
+        for k in range(K):
+            quad = 0.0
+            dl = 0.0
+            for j in range(d):
+                mu = MK[k, j]
+                Y = y[j] - one_m * mu
+                quad += Y * Y * ic[j]
+                dl -= Y * mu * ic[j] - 0.5 * Y * Y * cp[j] * ic[j] * ic[j]  # the common -c'/(2c) left out
+            lk = KT[2 * d, k] - 0.5 * quad
+            lg[k] = lk
+            lt[k] = dl
+            if lk > best:
+                best = lk
+        total = 0.0
+        for k in range(K):
+            if lg[k] < best - _SKIP:
+                lg[k] = 0.0
+            else:
+                e = math.exp(lg[k] - best)
+                lg[k] = e
+                total += e
+        ltbar = 0.0
+        for j in range(d):
+            v[j] = 0.0  # the posterior mean of mu, first
+        for k in range(K):
+            p = lg[k] / total
+            lg[k] = p
+            if p != 0.0:
+                ltbar += p * lt[k]
+                for j in range(d):
+                    v[j] += p * MK[k, j]
+        for j in range(d):
+            vt[j] = 0.0
+            for l in range(d):
+                C[j, l] = 0.0
+        for k in range(K):
+            p = lg[k]
+            if p == 0.0:
+                continue
+            w = p * (lt[k] - ltbar)
+            for j in range(d):
+                dm = MK[k, j] - v[j]
+                vt[j] += w * dm
+                pj = p * dm
+                for l in range(d):
+                    C[j, l] += pj * (MK[k, l] - v[l])
+        for i in range(d):
+            m = v[i]
+            b = 1.0 + one_m * a[i]
+            ap = ((1.0 + MK[K, i]) - a[i] * cp[i]) * ic[i]
+            vt[i] = ap * (y[i] - one_m * m) + a[i] * m - b * vt[i]
+            for l in range(d):
+                JT[l, i] = -one_m * b * C[i, l] * ic[l]
+            JT[i, i] += a[i]
+            v[i] = a[i] * y[i] - b * m
+
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _rhs(s, state, x, r, t, dx, dr, dt, m, args, scr, out, row):
-        KT, MK, QQ = args
-        Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, y, dy, w3 = scr
+        KT, MK, QQ, cancels, shared = args
+        Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, y, dy, w3, LT, R, W, VGT, DY, OM, CS = scr
         d = x.shape[0]
         K = MK.shape[0] // 3
         h = t - r
         for i in range(d):
             y[i] = x[i] - h * state[i]
-        _fields(t - s * h, y, KT, MK, QQ, d, K, Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, w3)
+        tau = t - s * h
+        if shared:
+            _fields_shared(tau, y, KT, MK, d, K, lg, lt, v, vt, JT, w3, CS)
+        elif d >= _BLAS_FROM:
+            _fields_blas(tau, y, KT, MK, QQ, cancels, d, K, Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, w3, LT, R, W, VGT)
+        else:
+            _fields(tau, y, KT, MK, QQ, cancels, d, K, Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, w3)
         for i in range(d):
             out[row, i] = v[i]
+        if d >= _BLAS_FROM:
+            for jj in range(m):
+                dh = dt[jj] - dr[jj]
+                o = (1 + jj) * d
+                for i in range(d):
+                    DY[jj, i] = dx[jj, i] - dh * state[i] - h * state[o + i]
+            np.dot(DY[:m], JT, OM[:m])  # J dy for every tangent at once
+            for jj in range(m):
+                dtau = dt[jj] - s * (dt[jj] - dr[jj])
+                o = (1 + jj) * d
+                for i in range(d):
+                    out[row, o + i] = vt[i] * dtau + OM[jj, i]
+            return
         for jj in range(m):
             dh = dt[jj] - dr[jj]
             dtau = dt[jj] - s * dh
@@ -327,7 +545,8 @@ if numba is not None:
         for b in prange(n_blocks):
             scr = (np.empty((K, d)), np.empty((K, d)), np.empty((K, d)), np.empty((K, d)), np.empty((K, d)),
                    np.empty(K), np.empty(K), np.empty(d), np.empty(d), np.empty((d, d)), np.empty(d), np.empty(d),
-                   np.empty((3, d)))
+                   np.empty((3, d)), np.empty((K * d + K, d)), np.empty((K * d + K, d)), np.empty((d, 3)),
+                   np.empty((d, 3)), np.empty((m, d)), np.empty((m, d)), np.empty((d, d)))
             k_st = np.empty((n_stages + 2, q))
             ynew = np.empty(q)
             ytmp = np.empty(q)
@@ -368,14 +587,16 @@ def _average_velocity(gm, x, r, t, tangent, h_max, rtol, atol, max_steps, stats)
     if n == 0:
         return torch.from_numpy(out[:, :d]), torch.from_numpy(out[:, d:]).view(n, m, d)
     info = np.zeros((n, 4), dtype=np.int64)
-    KT, MK, QQ, _, _ = kernel._mixture_arrays(gm)
+    KT, MK, QQ, layout, logdet_mode = kernel._mixture_arrays(gm)
+    cancels = logdet_mode == kernel._LOGDET_CANCELS
+    shared = layout == kernel._SHARED
     tab = (kernel._A, kernel._B, kernel._C, kernel._E3, kernel._E5)
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     c = _numpy
     with kernel._LOCK:
         numba.set_num_threads(threads)
         _solve_all(c(x), c(r), c(t), c(dx), c(dr), c(dt), c(h_max), float(rtol), float(atol), int(max_steps),
-                   kernel.CONTROL, (KT, MK, QQ), tab, out, info)
+                   kernel.CONTROL, (KT, MK, QQ, cancels, shared), tab, out, info)
     if stats is not None:
         stats.points += n
         stats.accepted += int(info[:, 1].sum())
