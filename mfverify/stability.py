@@ -497,14 +497,17 @@ def main(argv=None) -> int:
         from mfverify.cases import get_case
         from mfverify.train import load_checkpoint
 
+        import pickle
+
         try:
             cfg, _, ema = load_checkpoint(args.network)
-        except (OSError, ValueError) as err:
-            print(f"error: --network: {err}", file=sys.stderr)
+        except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
+            print(f"error: --network: {args.network} is not a readable mfverify checkpoint ({err})", file=sys.stderr)
             return 2
-        if cfg.case != args.case and get_case(cfg.case).d != get_case(args.case).d:
-            print(f"error: --network: the checkpoint is of case {cfg.case!r}, not of dimension {args.case!r}'s",
-                  file=sys.stderr)
+        d_net, d_case = get_case(cfg.case).d, get_case(args.case).d
+        if d_net != d_case:
+            print(f"error: --network: the checkpoint's network is for case {cfg.case!r} (d = {d_net}); --case "
+                  f"{args.case!r} has d = {d_case}", file=sys.stderr)
             return 2
         directions = NetworkDirections(ema, args.features, seed=args.seed + 1)
     print("| objective | time law | min Re lambda(H) [95 % bootstrap] | min Re lambda(G^-1 H) [95 %] | "

@@ -202,3 +202,12 @@ def test_a_wrong_formula_would_be_caught():
     finally:
         stability._gauss_legendre = original
     assert good.relative_difference < 1e-4 and bad.relative_difference > 1e-2, (good, bad)
+
+
+def test_cli_refuses_a_bad_network_checkpoint(tmp_path, capsys):
+    from mfverify.stability import main
+
+    bad = tmp_path / "not_a_checkpoint.pt"
+    bad.write_text("garbage")
+    assert main(["--network", str(bad), "--points", "4"]) == 2
+    assert "not a readable mfverify checkpoint" in capsys.readouterr().err
