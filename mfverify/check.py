@@ -209,9 +209,12 @@ def _compare(loss_fn, ref_fn, batches, use_values: bool, seed: int):
 # ------------------------------------------------------------------ the checks
 
 
+REFERENCE = "fm"  # the objective that reduces_to_fm compares every loss with at r = t
+
+
 def check_reduces_to_fm(loss: _Loss, batches, seed) -> CheckResult:
     diag = [(m, x0, x1, t.clone(), t, w) for m, x0, x1, r, t, w in batches]
-    fm = objectives.get("fm")
+    fm = objectives.get(REFERENCE)
     use_values = not loss.objective.surrogate
     k, res_v, res_g = _compare(lambda *a: loss(*a, **loss.exact_options()), fm, diag, use_values, seed)
     residual = max(res_g, res_v if use_values else 0.0)

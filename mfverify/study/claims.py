@@ -307,11 +307,12 @@ def c7_stationary(ctx: Context) -> list:
 
 def meanflow_objectives() -> list:
     """Every registered objective that trains u on r <= t with v_c as its only data (not trained at
-    r = 0 only, not an oracle, no labels needed): those the r = t claim is about."""
+    r = 0 only, not an oracle, no labels needed), other than the battery's reference itself:
+    those the r = t claim is about."""
     out = []
     for name in objectives.names():
         obj = objectives.get(name)
-        if name == "fm" or obj.trained_at_r0 or obj.needs_truth or obj.labels_needed():
+        if name == check.REFERENCE or obj.trained_at_r0 or obj.needs_truth or obj.labels_needed():
             continue
         out.append(name)
     return out

@@ -69,24 +69,16 @@ if numba is not None:
     _SKIP = kernel._SKIP_LOGIT
     _BLAS_FROM = 8  # from this dimension on the d^3 part goes through BLAS (below, loops are faster)
 
-    @njit(cache=True, nogil=True, error_model="numpy")
-    def _fields(tau, y, KT, MK, QQ, cancels, d, K, Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, w3):
-        """v, d_tau v and J_y v (transposed: ``JT[l, i] = dv_i / dy_l``) at (y, tau); the rest is
-        scratch. Every inner loop runs over independent outputs (axpy form), so it vectorises
-        without reassociating any sum (no fast-math, as in ``kernel.py``)."""
-        KD = K * d
+    @njit(cache=True, nogil=True, error_model="numpy", inline="always")
+    def _posterior(tau, KT, MK, cancels, d, K, Yk, ck, ak, lg, lt):
+        """From ``Yk = Q_k^T y``: ``Y_k = Q_k^T y - (1 - tau) Q_k^T mu_k`` (in ``Yk``), ``1 / c_kj``
+        (``ck``), ``a_kj`` (``ak``), the posterior weights ``pi_k`` (``lg``; 0 below the skip) and
+        ``l'_k = d_tau logit_k`` (``lt``)."""
         one_m = 1.0 - tau
         one_m2 = one_m * one_m
         tau2 = tau * tau
         best = -np.inf
         for k in range(K):
-            base = k * d
-            for j in range(d):
-                Yk[k, j] = 0.0
-            for i in range(d):  # Y_k = Q_k^T y - (1 - tau) Q_k^T mu_k, row i of Q_k at a time
-                c = y[i]
-                for j in range(d):
-                    Yk[k, j] += QQ[base + i, j] * c
             quad = 0.0
             dl = 0.0
             det = 1.0
@@ -126,6 +118,23 @@ if numba is not None:
                 total += e
         for k in range(K):
             lg[k] /= total
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _fields(tau, y, KT, MK, QQ, cancels, d, K, Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, w3):
+        """v, d_tau v and J_y v (transposed: ``JT[l, i] = dv_i / dy_l``) at (y, tau); the rest is
+        scratch. Every inner loop runs over independent outputs (axpy form), so it vectorises
+        without reassociating any sum (no fast-math, as in ``kernel.py``)."""
+        KD = K * d
+        one_m = 1.0 - tau
+        for k in range(K):  # Y_k = Q_k^T y, row i of Q_k at a time
+            base = k * d
+            for j in range(d):
+                Yk[k, j] = 0.0
+            for i in range(d):
+                c = y[i]
+                for j in range(d):
+                    Yk[k, j] += QQ[base + i, j] * c
+        _posterior(tau, KT, MK, cancels, d, K, Yk, ck, ak, lg, lt)
         for i in range(d):
             v[i] = 0.0
             vt[i] = 0.0
@@ -202,50 +211,8 @@ if numba is not None:
         same sums as ``_fields`` in another order (they agree to round-off)."""
         KD = K * d
         one_m = 1.0 - tau
-        one_m2 = one_m * one_m
-        tau2 = tau * tau
-        best = -np.inf
         np.dot(QQ[KD : 2 * KD], y, Yk.reshape(KD))  # Q_k^T y for every k at once
-        for k in range(K):
-            quad = 0.0
-            dl = 0.0
-            det = 1.0
-            for j in range(d):
-                muq = MK[2 * K + k, j]
-                Y = Yk[k, j] - one_m * muq
-                Yk[k, j] = Y
-                lam = MK[K + k, j]
-                c = one_m2 * lam + tau2
-                ic = 1.0 / c
-                cp = 2.0 * tau - 2.0 * one_m * lam
-                ck[k, j] = ic
-                ak[k, j] = (tau - one_m * lam) * ic
-                quad += Y * Y * ic
-                det *= c
-                dl -= Y * muq * ic - 0.5 * Y * Y * cp * ic * ic + 0.5 * cp * ic
-            if cancels:  # every component has the same spectrum: log det is common and cancels
-                logdet = 0.0
-            elif det > 1e-300 and det < 1e300:
-                logdet = math.log(det)
-            else:
-                logdet = 0.0
-                for j in range(d):
-                    logdet += math.log(one_m2 * MK[K + k, j] + tau2)
-            lk = KT[2 * d, k] - 0.5 * quad - 0.5 * logdet
-            lg[k] = lk
-            lt[k] = dl
-            if lk > best:
-                best = lk
-        total = 0.0
-        for k in range(K):
-            if lg[k] < best - _SKIP:
-                lg[k] = 0.0
-            else:
-                e = math.exp(lg[k] - best)
-                lg[k] = e
-                total += e
-        for k in range(K):
-            lg[k] /= total
+        _posterior(tau, KT, MK, cancels, d, K, Yk, ck, ak, lg, lt)
         for i in range(d):
             v[i] = 0.0
             vt[i] = 0.0
