@@ -345,7 +345,7 @@ def law_quadrature(kind: str, mean: float, std: float, n: int, tail: float = 9.0
     phi = lambda y: torch.exp(-0.5 * ((y - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))  # noqa: E731
     a, wa = _gauss_legendre(n, torch.full((n,), mean - tail * std), b)  # (n, n): a in [lo, b]
     wd = wb * phi(b)
-    wp = (wb * phi(b))[:, None] * wa * phi(a)
+    wp = wd[:, None] * wa * phi(a)
     return (torch.sigmoid(b), wd), (torch.sigmoid(a).flatten(), torch.sigmoid(b)[:, None].expand(n, n).flatten(),
                                    wp.flatten())
 

@@ -431,7 +431,7 @@ def c12_stability(ctx: Context) -> list:
             "Reported with it, not in "
             "the verdict: the same with half the directions (convergence in P), off the diagonal only "
             "(frac_r_eq_t = 0), and where the formula's sufficient condition fails")
-    items, states, formula_ok, off_states = [], [], [], {}
+    items, formula_ok, states, off_states = [], [], {}, {}
     case = ctx.cases[0]
     mixture = get_case(case)
     frac = ctx.study.train.frac_r_eq_t
@@ -447,20 +447,18 @@ def c12_stability(ctx: Context) -> list:
             s = stability.stability(obj, case, law, N, P, frac, n_boot=boot)
             half = stability.stability(obj, case, law, N, max(1, P // 2), frac, n_boot=boot)
             off = stability.stability(obj, case, law, N, P, 0.0, n_boot=boot)
-            states.append(state_of(s))
-            off_states[obj, law] = state_of(off)
-            if (obj, law) == ("mf", "uniform"):
-                control = states[-1] == "stable"
+            states[obj, law], off_states[obj, law] = state_of(s), state_of(off)
             label = f"{obj}, {law}"
             lo, hi = s.interval_normalised
             items += [(case, f"{label}: min Re lambda(G^-1 H)", s.min_real_normalised),
                       (case, f"{label}: 95 % interval", f"[{lo:.3g}, {hi:.3g}]"),
-                      (case, f"{label}: verdict", states[-1]),
+                      (case, f"{label}: verdict", states[obj, law]),
                       (case, f"{label}: min Re lambda(G^-1 H), {max(1, P // 2)} directions", half.min_real_normalised),
                       (case, f"{label}, off the diagonal only: min Re lambda(G^-1 H)", off.min_real_normalised),
                       (case, f"{label}, off the diagonal only: 95 % interval",
                        f"[{off.interval_normalised[0]:.3g}, {off.interval_normalised[1]:.3g}]"),
-                      (case, f"{label}, off the diagonal only: verdict", state_of(off))]
+                      (case, f"{label}, off the diagonal only: verdict", off_states[obj, law])]
+    control = states["mf", "uniform"] == "stable"
     items += [(case, "control (mf, uniform; stable by MATH.md §7) on the study's law: estimate trusted",
                "yes" if control else "no"),
               (case, "control off the diagonal only: estimate trusted",
@@ -483,9 +481,9 @@ def c12_stability(ctx: Context) -> list:
         items.append((case, "formula check", "not run (a tensor quadrature, for d <= 3)"))
     if not control:
         verdict = "partly"
-    elif "unstable" in states or not all(formula_ok):
+    elif "unstable" in states.values() or not all(formula_ok):
         verdict = "fails"
-    elif all(st == "stable" for st in states) and formula_ok:
+    elif all(st == "stable" for st in states.values()) and formula_ok:
         verdict = "holds"
     else:
         verdict = "partly"
