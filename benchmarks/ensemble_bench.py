@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from mfverify.ensemble import train_ensemble
 from mfverify.train import TrainConfig, train
+from mfverify.train.ensemble import train_ensemble
 
 
 def _sync(device):

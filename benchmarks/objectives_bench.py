@@ -24,7 +24,7 @@ import torch
 
 from mfverify import objectives
 from mfverify.jvp import BACKENDS, DEFAULT_BACKEND
-from mfverify.models import MeanFlowMLP
+from mfverify.nets import MeanFlowMLP
 from mfverify.times import sample_times
 
 

@@ -13,7 +13,7 @@ Prints, measured in one run:
 - solver cost (f evaluations per point) as component widths shrink;
 - with --memory: peak resident memory for 1e5 and 1e6 points in d = 16;
 - with --derivatives: ``truth.average_velocity_derivatives`` (u, J_x u, d_r u, d_t u: d + 2
-  tangents, the compiled variational equation of ``kernel_tangent.py``) against values on
+  tangents, the compiled variational equation of ``truth/compiled/tangent.py``) against values on
   the same points in the same run, as a ratio (bar: within 10x, ring8 >= 2000 points/s,
   random16d >= 300), its max error against a solve at rtol = atol = 1e-13, and the torch
   solver's throughput on the same problems for comparison.
@@ -130,7 +130,7 @@ def width_scaling(n=2000):
 
 def derivatives(name, n, repeats):
     """Points/s of the derivatives against values on the same n points, same run."""
-    from mfverify.truth import kernel_tangent
+    from mfverify.truth.compiled import tangent as kernel_tangent
 
     m = get_case(name)
     x, r, t = problems(m, n, seed=3)

@@ -1,5 +1,5 @@
 """Public MeanFlow losses transcribed from their published formulas and conventions
-(MATH.md §10), each in its own convention, converted with ``mfverify.conventions``;
+(MATH.md §10), each in its own convention, converted with ``mfverify.check.conventions``;
 and deliberately broken variants of ``mf`` (what the check battery must catch).
 
 Written here from the formulas, not copied: the MeanFlow paper's Algorithm 1
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from mfverify import conventions
+from mfverify.check import conventions
 from mfverify.objectives import Objective
 
 
@@ -69,7 +69,7 @@ def reversed_meanflow_loss(net, x_data, x_noise, a, b):
     return (w - target.detach()).square().sum(1)
 
 
-# in mfverify's conventions (each an exact identity of mfverify.conventions)
+# in mfverify's conventions (each an exact identity of mfverify.check.conventions)
 py_meanflow = Objective(
     "py_meanflow",
     conventions.model_inputs_t_h(conventions.loss_times_t_r(py_meanflow_loss)),

@@ -1,5 +1,6 @@
-"""The project's strategies are the public ones (``mfverify.testing``)."""
+"""The project's strategies are the public ones (``mfverify.check.testing``)."""
 
-from mfverify.testing import covariances, gaussians, mixtures, mixtures_1d, points_on_path, product_mixtures, times
+from mfverify.check.testing import (covariances, gaussians, mixtures, mixtures_1d, points_on_path, product_mixtures,
+                                    times)
 
 __all__ = ["covariances", "gaussians", "mixtures", "mixtures_1d", "points_on_path", "product_mixtures", "times"]

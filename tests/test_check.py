@@ -8,8 +8,10 @@ import sys
 import pytest
 import torch
 
-from mfverify import check, identities, objectives
+from mfverify import check, objectives
+from mfverify.check import battery
 from mfverify.cases import get_case
+from mfverify.theory import identities
 
 from . import public_losses as P
 
@@ -82,8 +84,8 @@ def test_a_false_quadratic_declaration_is_an_error_not_an_exact_result():
 
     liar = replace(P.zhuyu_meanflow, quadratic_in_v_c=True)
     m = get_case("ring8")
-    x, r, t = check._points(m, 0, 2, r0=False)
-    h = check._directions(2, 0)["wavy"]
+    x, r, t = battery._points(m, 0, 2, r0=False)
+    h = battery._directions(2, 0)["wavy"]
     with pytest.raises(identities.NotQuadratic, match="declared quadratic in v_c"):
         identities.population_gradient(liar, m, h, x, r, t, p=0.0)
     with pytest.raises(ValueError, match="not declared quadratic"):

@@ -1,4 +1,4 @@
-"""Converters (mfverify.conventions): each an exact identity, values and gradients,
+"""Converters (mfverify.check.conventions): each an exact identity, values and gradients,
 checked against mfverify's own objectives on random networks and batches."""
 
 import pytest
@@ -6,8 +6,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mfverify import conventions, objectives
-from mfverify.testing import assert_equivalent, batches
+from mfverify import objectives
+from mfverify.check import conventions
+from mfverify.check.testing import assert_equivalent, batches
 
 from . import public_losses as P
 
@@ -84,7 +85,7 @@ def test_batch_mean_is_exact_for_independent_samples(batch):
 
 
 def test_batch_mean_rejects_a_per_sample_loss():
-    from mfverify.models import MeanFlowMLP
+    from mfverify.nets import MeanFlowMLP
 
     model, x0, x1 = MeanFlowMLP(2, width=8, dtype=torch.float64), torch.randn(3, 2), torch.randn(3, 2)
     r, t = torch.zeros(3), torch.full((3,), 0.5)

@@ -1,4 +1,4 @@
-"""Seeds trained as one vmapped ensemble (mfverify.ensemble): each member as its solo run."""
+"""Seeds trained as one vmapped ensemble (mfverify.train.ensemble): each member as its solo run."""
 
 import csv
 import statistics
@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from mfverify import objectives
-from mfverify.ensemble import Ensemble, train_ensemble
-from mfverify.models import MeanFlowMLP
+from mfverify.nets import MeanFlowMLP
 from mfverify.study.config import load_study, with_objectives
-from mfverify.study.runner import plan, run_study
+from mfverify.study.plan import plan
+from mfverify.study.runner import run_study
 from mfverify.train import TrainConfig, train
+from mfverify.train.ensemble import Ensemble, train_ensemble
 from tests.test_registry import TINY, plugin  # noqa: F401  (the plugin fixture)
 
 SMALL = {"case": "ring8", "steps": 25, "batch": 48, "device": "cpu", "network_options": {"width": 24, "depth": 2}}

@@ -20,7 +20,7 @@ def test_the_assertions_fail_with_the_numbers_on_a_broken_loss():
     import pytest
 
     from mfverify import objectives
-    from mfverify.testing import assert_stationary
+    from mfverify.check.testing import assert_stationary
 
     from .public_losses import sign_error
 

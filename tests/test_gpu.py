@@ -13,7 +13,7 @@ import torch
 
 from mfverify import objectives
 from mfverify.jvp import BACKENDS
-from mfverify.models import MeanFlowMLP
+from mfverify.nets import MeanFlowMLP
 from mfverify.study.config import load_study
 from mfverify.study.runner import run_study
 from mfverify.times import sample_times
@@ -68,7 +68,7 @@ def test_a_gpu_study_with_spawned_workers_completes(tmp_path):
 
 
 def test_an_ensemble_on_the_gpu_starts_as_its_solo_runs_and_reads_nothing_per_step():
-    from mfverify.ensemble import train_ensemble
+    from mfverify.train.ensemble import train_ensemble
 
     cfgs = [TrainConfig(**SMALL, device="cuda", seed=s) for s in range(3)]
     ens = train_ensemble(cfgs, progress=False)

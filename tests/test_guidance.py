@@ -6,7 +6,7 @@ import torch
 
 from mfverify import objectives, truth
 from mfverify.cases import GaussianMixture, get_case
-from mfverify.models import NO_LABEL, Conditioned, MeanFlowMLP
+from mfverify.nets import NO_LABEL, Conditioned, MeanFlowMLP
 
 
 def _noise(n, d=2, seed=0, classes=2):

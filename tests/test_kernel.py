@@ -1,4 +1,4 @@
-"""The compiled ODE kernel (truth/kernel.py) against the batched torch solver it replaces on CPU."""
+"""The compiled ODE kernels (truth/compiled/) against the batched torch solver it replaces on CPU."""
 
 import numpy as np
 import pytest
@@ -8,13 +8,15 @@ from hypothesis import strategies as st
 
 from mfverify import truth
 from mfverify.cases import GaussianMixture, get_case
-from mfverify.truth import kernel, ode
+from mfverify.truth import ode
+from mfverify.truth.compiled import field, numba_setup, stepper
+from mfverify.truth.compiled import tangent as kernel_tangent
 from mfverify.truth.fields import velocity_raw
 from mfverify.truth.solver import SolverStats
 
 from .strategies import mixtures, points_on_path, times
 
-pytestmark = pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not numba_setup.available(), reason="numba is not installed")
 
 # Both routes solve the same ODE with the same method; at 1e-13 each is within ~1e-11
 # of the exact u (test_truth), so they agree to well under 1e-9 unless a formula differs.
@@ -75,25 +77,25 @@ def test_velocity_in_the_kernel_equals_the_torch_formula():
         "diag": GaussianMixture([0.3, 0.7], [[0.0, 1.0], [1.0, -1.0]], [np.diag([0.1, 0.01]), np.diag([0.5, 2.0])]),
     }
     for layout, gm in cases.items():
-        args = kernel._mixture_arrays(gm)
-        assert args[-2] == {"shared": kernel._SHARED, "diag": kernel._DIAG, "full": kernel._FULL}[layout]
+        args = field._mixture_arrays(gm)
+        assert args[-2] == {"shared": numba_setup._SHARED, "diag": numba_setup._DIAG, "full": numba_setup._FULL}[layout]
         for tau in (0.01, 0.3, 0.99):
             y = points_on_path(gm, torch.full((20,), tau, dtype=torch.float64), int(rng.integers(1 << 30)))
             ref = velocity_raw(gm, y, torch.full((20,), tau, dtype=torch.float64))
-            got = kernel.velocity(gm, y, tau)
+            got = field.velocity(gm, y, tau)
             # round-off of sums of ~K*d terms of size |v| ~ 10 (1/c up to ~100 near the data)
             assert (got - ref).abs().max() <= 1e-11 * max(1.0, ref.abs().max().item())
 
 
 def test_log_determinant_modes():
-    ring = kernel._mixture_arrays(get_case("ring8"))
-    full = kernel._mixture_arrays(get_case("random16d"))
-    dirac = kernel._mixture_arrays(get_case("dirac2d"))
-    assert ring[-1] == kernel._LOGDET_CANCELS  # one spectrum: cancels in the softmax
-    assert full[-1] == kernel._LOGDET_PRODUCT
+    ring = field._mixture_arrays(get_case("ring8"))
+    full = field._mixture_arrays(get_case("random16d"))
+    dirac = field._mixture_arrays(get_case("dirac2d"))
+    assert ring[-1] == numba_setup._LOGDET_CANCELS  # one spectrum: cancels in the softmax
+    assert full[-1] == numba_setup._LOGDET_PRODUCT
     singular = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], [np.diag([1.0, 0.0]), np.diag([0.5, 0.5])])
-    assert kernel._mixture_arrays(singular)[-1] == kernel._LOGDET_SUM  # c can reach tau^2 -> 0
-    assert dirac[-1] == kernel._LOGDET_CANCELS
+    assert field._mixture_arrays(singular)[-1] == numba_setup._LOGDET_SUM  # c can reach tau^2 -> 0
+    assert dirac[-1] == numba_setup._LOGDET_CANCELS
 
 
 def test_stats_and_step_limit():
@@ -102,12 +104,12 @@ def test_stats_and_step_limit():
     r, t = torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64)
     h_max = torch.full((6,), 0.05, dtype=torch.float64)
     stats = SolverStats()
-    kernel.average_velocity(m, x, r, t, h_max, rtol=1e-12, atol=1e-12, stats=stats)
+    stepper.average_velocity(m, x, r, t, h_max, rtol=1e-12, atol=1e-12, stats=stats)
     assert stats.points == 6
     assert stats.accepted >= 6 * 20  # at most 0.05 of the interval per step
     assert stats.point_evals == 6 * 2 + 12 * (stats.accepted + stats.rejected)  # 2 for the first step, 12 per step
     with pytest.raises(RuntimeError, match="max_steps=3"):
-        kernel.average_velocity(m, x, r, t, h_max, rtol=1e-12, atol=1e-12, max_steps=3)
+        stepper.average_velocity(m, x, r, t, h_max, rtol=1e-12, atol=1e-12, max_steps=3)
 
 
 def test_results_do_not_depend_on_the_number_of_threads():
@@ -141,8 +143,8 @@ def test_a_fresh_compile_gives_the_same_bits_as_this_process(slp, tmp_path):
         "import hashlib, torch\n"
         "from mfverify.cases import get_case\n"
         "from mfverify import truth\n"
-        "from mfverify.truth import kernel\n"
-        f"kernel.SLP = {slp}\n"
+        "from mfverify.truth.compiled import numba_setup\n"
+        f"numba_setup.SLP = {slp}\n"
         "m = get_case('random16d')\n"
         "x = torch.randn(64, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)\n"
         "print(hashlib.md5(truth.flow_map(m, x, 1.0, 0.0).numpy().tobytes()).hexdigest())\n"
@@ -158,7 +160,7 @@ def test_a_fresh_compile_gives_the_same_bits_as_this_process(slp, tmp_path):
     assert fresh.stdout.strip() == hashlib.md5(here.numpy().tobytes()).hexdigest()
 
 
-# ------------------------------------------------------------------ tangents (kernel_tangent.py)
+# ------------------------------------------------------------------ tangents (compiled/tangent.py)
 
 
 def _tangents(n, m, d, seed):
@@ -168,8 +170,6 @@ def _tangents(n, m, d, seed):
 
 
 def _both_tangent_routes(mixture, x, r, t, tangent):
-    from mfverify.truth import kernel_tangent
-
     fast = ode.average_velocity(mixture, x, r, t, tangent=tangent, **TIGHT)
     try:
         kernel_tangent.USE = False
@@ -188,8 +188,6 @@ def _close(a, b, tol=1e-9):
 def test_tangent_kernel_equals_torch_variational_equation_on_random_mixtures(gm, rt, seed):
     """The compiled variational equation (closed-form J_y v and d_tau v) against the torch solver's
     (forward-mode AD of the velocity): the same ODE, both at 1e-13, agree to 1e-9."""
-    from mfverify.truth import kernel_tangent
-
     r, t = rt
     x = points_on_path(gm, t, seed)
     assert kernel_tangent.applies(gm, x)
@@ -202,8 +200,6 @@ def test_tangent_kernel_equals_torch_variational_equation_on_random_mixtures(gm,
 def test_tangent_kernel_blas_path_equals_torch_variational_equation(gm, rt, seed):
     """From d = 8 on (``kernel_tangent._BLAS_FROM``) J_y v is one matrix product: the same ODE as
     the torch solver's, both at 1e-13, agree to 1e-9."""
-    from mfverify.truth import kernel_tangent
-
     assert gm.d >= kernel_tangent._BLAS_FROM
     r, t = rt
     x = points_on_path(gm, t, seed)
@@ -213,17 +209,15 @@ def test_tangent_kernel_blas_path_equals_torch_variational_equation(gm, rt, seed
 
 @given(K=st.integers(1, 5), d=st.sampled_from([1, 2, 3, 9]), seed=st.integers(0, 2**16), rt=times(n=3))
 def test_tangent_kernel_shared_diagonal_path_equals_torch_variational_equation(K, d, seed, rt):
-    """A diagonal covariance shared by every component (``kernel._SHARED``) has its own closed
+    """A diagonal covariance shared by every component (``numba_setup._SHARED``) has its own closed
     form for J_y v (a posterior covariance of the means, K d^2 work); d = 9 also takes the
     BLAS product for J dy."""
-    from mfverify.truth import kernel, kernel_tangent
-
     g = torch.Generator().manual_seed(seed)
     lam = 10 ** (-2 + 2 * torch.rand(d, generator=g, dtype=torch.float64))
     w = torch.rand(K, generator=g, dtype=torch.float64) + 0.1
     gm = GaussianMixture(w / w.sum(),
                          2 * torch.randn(K, d, generator=g, dtype=torch.float64), torch.diag(lam).expand(K, d, d))
-    assert kernel._mixture_arrays(gm)[3] == kernel._SHARED and kernel_tangent.applies(gm, gm.means)
+    assert field._mixture_arrays(gm)[3] == numba_setup._SHARED and kernel_tangent.applies(gm, gm.means)
     r, t = rt
     x = points_on_path(gm, t, seed)
     (u, du), (u_ref, du_ref) = _both_tangent_routes(gm, x, r, t, _tangents(x.shape[0], 3, gm.d, seed))
@@ -245,7 +239,7 @@ def test_tangent_kernel_equals_torch_variational_equation_on_named_cases(name):
 
 def test_tangent_kernel_runs_inside_a_torch_func_transform():
     """identities.ExactModel calls the truth inside torch.func.jvp (its inputs come wrapped)."""
-    from mfverify import identities
+    from mfverify.theory import identities
 
     m = get_case("random16d")
     g = torch.Generator().manual_seed(1)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mfverify.models import MeanFlowMLP
+from mfverify.nets import MeanFlowMLP
 from mfverify.times import sample_times
 
 

@@ -5,13 +5,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mfverify import identities, objectives, truth
+from mfverify import objectives, truth
 from mfverify.cases import get_case
+from mfverify.check.testing import batches, mixtures, points_on_path
 from mfverify.jvp import BACKENDS
-from mfverify.models import MeanFlowMLP
+from mfverify.nets import MeanFlowMLP
+from mfverify.theory import identities
 from mfverify.times import sample_times
-
-from mfverify.testing import batches, mixtures, points_on_path
 
 MEANFLOW = ["mf_full", "mf_sg", "mf", "mf_nosg", "shortcut"]
 # "compiled" compiles once per model and shape (seconds): tested on one model below

@@ -1,12 +1,13 @@
-"""The oracle objectives of docs/MATH.md §8 (mfverify.oracles): registered, exact at u*,
+"""The oracle objectives of docs/MATH.md §8 (mfverify.objectives.oracles): registered, exact at u*,
 and trainable with the case's mixture."""
 
 import pytest
 import torch
 
-from mfverify import identities, objectives
+from mfverify import objectives
 from mfverify.cases import get_case
-from mfverify.oracles import ORACLES
+from mfverify.objectives.oracles import ORACLES
+from mfverify.theory import identities
 
 
 def _points(n=5, seed=0):

@@ -35,6 +35,18 @@ def test_a_wheel_installed_in_a_fresh_environment_runs_the_quick_study_from_anot
     listed = subprocess.run([str(py), "-m", "mfverify.study", "--list"], cwd=elsewhere, capture_output=True,
                             text=True, check=True).stdout
     assert "objectives_compare" in listed
+    # the installed wheel's entry points and public paths (the code behind them moved in #23)
+    probe = ("import mfverify.testing, mfverify.conventions, mfverify.check.testing, mfverify.check.conventions\n"
+             "from mfverify import objectives\n"
+             "assert mfverify.testing is mfverify.check.testing and mfverify.conventions is mfverify.check.conventions\n"
+             "print(','.join(type(objectives.get(n)).__name__ for n in ('imf', 'fm_oracle', 'mf_tangent')))\n")
+    got = subprocess.run([str(py), "-c", probe], cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert got.stdout.strip() == "Objective,Objective,Objective"
+    for command in (["-m", "mfverify", "check", "--help"], ["-m", "mfverify.stability", "--help"],
+                    ["-m", "mfverify.study.claims", "--help"]):
+        res = subprocess.run([str(py), *command], cwd=elsewhere, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and "usage" in res.stdout, (command, res.stderr[-2000:])
     res = subprocess.run([str(py), "-m", "mfverify.study", "objectives_compare", "--preset", "quick", "--objectives",
                           "fm,mf", "--out", "out", "--no-progress"], cwd=elsewhere, capture_output=True, text=True,
                          timeout=600)

@@ -11,7 +11,7 @@ import torch
 
 from mfverify import objectives
 from mfverify.cases import cases, get_case, list_cases
-from mfverify.models import build_network, networks
+from mfverify.nets import build_network, networks
 from mfverify.registry import Registry
 from mfverify.study.__main__ import main as study_main
 from mfverify.study.config import load_study, with_objectives
@@ -64,7 +64,7 @@ def test_an_objective_registered_by_decorator_is_used_by_name():
 
 
 def test_a_callable_is_accepted_wherever_a_name_is():
-    from mfverify import identities
+    from mfverify.theory import identities
 
     def my_mf(model, x0, x1, r, t):
         return objectives.get("mf")(model, x0, x1, r, t)

@@ -1,12 +1,12 @@
-"""The relatives of MeanFlow (mfverify.relatives): the check battery's verdicts are the
+"""The relatives of MeanFlow (mfverify.objectives.relatives): the check battery's verdicts are the
 ones the mathematics predicts, and the limits of each family are its named ends."""
 
 import pytest
 import torch
 
 from mfverify import check, objectives
-from mfverify.models import MeanFlowMLP
-from mfverify.relatives import RELATIVES
+from mfverify.nets import MeanFlowMLP
+from mfverify.objectives.relatives import RELATIVES
 
 P0 = {"p": 0.0}
 
@@ -16,7 +16,7 @@ def test_the_relatives_are_registered_through_the_entry_points():
 
     eps = {ep.name: ep.value for ep in metadata.entry_points(group="mfverify.objectives")}
     for name in RELATIVES:
-        assert eps[name] == f"mfverify.relatives:{name}"
+        assert eps[name] == f"mfverify.objectives.relatives:{name}"
         assert name in objectives.names() and objectives.get(name).doc
 
 
@@ -150,8 +150,8 @@ def test_two_head_network_heads_are_separate_and_its_jvp_is_the_u_heads():
 
 
 def test_imf_trains_a_two_head_network_and_ensembles_refuse_it():
-    from mfverify.ensemble import train_ensemble
     from mfverify.train import TrainConfig, train
+    from mfverify.train.ensemble import train_ensemble
 
     cfg = TrainConfig(case="ring8", objective="imf", steps=5, batch=16)
     assert train(cfg, progress=False).model.heads == 2
@@ -165,7 +165,7 @@ def test_imf_trains_a_two_head_network_and_ensembles_refuse_it():
 
 
 def test_alpha_curriculum_runs_from_one_to_its_end_value_monotonically():
-    from mfverify.relatives import alpha_schedule
+    from mfverify.objectives.relatives import alpha_schedule
 
     values = [alpha_schedule(k, 1000, 0.01, 0.2, 0.8) for k in range(1001)]
     assert values[:201] == [1.0] * 201 and values[800:] == [0.01] * 201
@@ -211,8 +211,8 @@ def _points(case, n, seed=0):
 def test_cv_target_error_at_the_exact_u_is_mf_cv_expected_loss():
     # at u*, E[mf_cv loss | x_t] is the target's variance plus |U - E T|^2 = 0: the sigma-point
     # expected loss (exact, mf_cv is quadratic in v_c) must equal the closed form
-    from mfverify import identities
-    from mfverify.relatives import cv_target_error
+    from mfverify.objectives.relatives import cv_target_error
+    from mfverify.theory import identities
 
     mixture, x, r, t = _points("ring8", 6)
     betas = [-0.5, 0.0, 0.3, 1.0]
@@ -224,8 +224,9 @@ def test_cv_target_error_at_the_exact_u_is_mf_cv_expected_loss():
 
 
 def test_cv_target_error_with_a_biased_head_and_the_optimum():
-    from mfverify import identities, truth
-    from mfverify.relatives import cv_target_error, optimal_cv_beta
+    from mfverify import truth
+    from mfverify.objectives.relatives import cv_target_error, optimal_cv_beta
+    from mfverify.theory import identities
 
     mixture, x, r, t = _points("ring8", 5, seed=1)
     u, J, _, du_dt = truth.average_velocity_derivatives(mixture, x, r, t)

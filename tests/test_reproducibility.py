@@ -27,7 +27,7 @@ def test_importing_mfverify_pins_mkl_to_avx2_unless_the_user_chose():
 
 def test_env_json_records_what_decides_the_bits(tmp_path):
     from mfverify.study.config import load_study
-    from mfverify.study.runner import environment
+    from mfverify.study.environment import environment
 
     from .test_study import TINY
 

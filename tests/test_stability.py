@@ -1,4 +1,4 @@
-"""The linearised pseudo-gradient operator H (mfverify.stability) against the closed-form
+"""The linearised pseudo-gradient operator H (mfverify.theory.stability) against the closed-form
 linearisations of docs/MATH.md §7: the generic computation (autograd inside, a central
 difference outside, sigma points over v_c) must reproduce L for mf, mf_sg and shortcut."""
 
@@ -7,7 +7,7 @@ import torch
 
 from mfverify import truth
 from mfverify.cases import get_case
-from mfverify.stability import FourierDirections, eigen_summary, pseudo_gradient_matrix, training_points
+from mfverify.theory.stability import FourierDirections, eigen_summary, pseudo_gradient_matrix, training_points
 
 
 def _closed_form(objective, mixture, dirs, x, r, t):
@@ -67,7 +67,7 @@ def test_a_non_quadratic_loss_is_refused():
 def test_flow_matching_is_2_in_function_space_units():
     # fm's pseudo-gradient is 2 (u(x_t, t, t) - v_c): on a law with r = t only, L = 2 on every
     # row, so H = 2 G and G^-1 H = 2 I (with r < t rows fm trains u(., t, t), not h(x, r, t))
-    from mfverify.stability import stability
+    from mfverify.theory.stability import stability
 
     s = stability("fm", "ring8", n_points=30, n_features=5, frac_r_eq_t=1.0, n_boot=10)
     assert s.min_real_normalised == pytest.approx(2.0, rel=1e-9) and s.asymmetry < 1e-12
@@ -77,8 +77,8 @@ def test_flow_matching_is_2_in_function_space_units():
 
 
 def test_network_directions_are_the_parameter_derivatives():
-    from mfverify.models import MeanFlowMLP
-    from mfverify.stability import NetworkDirections
+    from mfverify.nets import MeanFlowMLP
+    from mfverify.theory.stability import NetworkDirections
 
     torch.manual_seed(0)
     net = MeanFlowMLP(2, width=8, depth=2)
@@ -99,8 +99,8 @@ def test_network_directions_are_the_parameter_derivatives():
 def test_generic_H_on_network_directions_equals_mf_closed_form():
     # mf (p = 0): L h = 2 (h + (t - r) D_v h), D_v h = J_x h . v + d_t h, here by forward mode
     # through the network's tangent features themselves
-    from mfverify.models import MeanFlowMLP
-    from mfverify.stability import NetworkDirections
+    from mfverify.nets import MeanFlowMLP
+    from mfverify.theory.stability import NetworkDirections
 
     torch.manual_seed(1)
     mixture = get_case("ring8")
@@ -115,8 +115,8 @@ def test_generic_H_on_network_directions_equals_mf_closed_form():
 
 
 def test_network_directions_refuse_a_mismatched_case():
-    from mfverify.models import MeanFlowMLP
-    from mfverify.stability import NetworkDirections, stability
+    from mfverify.nets import MeanFlowMLP
+    from mfverify.theory.stability import NetworkDirections, stability
 
     with pytest.raises(ValueError, match="dimension 3"):
         stability("mf", "ring8", n_points=4, directions=NetworkDirections(MeanFlowMLP(3, width=4, depth=1), 2))
@@ -129,7 +129,7 @@ def test_network_directions_refuse_a_mismatched_case():
 
 @pytest.mark.parametrize("kind", ["uniform", "logit_normal"])
 def test_law_quadrature_integrates_the_law(kind):
-    from mfverify.stability import law_density, law_quadrature
+    from mfverify.theory.stability import law_density, law_quadrature
 
     (td, wd), (rp, tp, wp) = law_quadrature(kind, -0.4, 1.0, 48)
     # int q = 1 and int int_{r<t} q(r) q(t) = 1/2 (an exchangeable pair); the logit-normal rule
@@ -150,7 +150,7 @@ def test_law_quadrature_integrates_the_law(kind):
 
 
 def test_mixture_quadrature_has_the_moments_of_p_t():
-    from mfverify.stability import mixture_quadrature
+    from mfverify.theory.stability import mixture_quadrature
 
     mixture = get_case("ring8")
     t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
@@ -172,7 +172,7 @@ def test_math_7_formula_is_the_symmetric_part_of_mf_H(kind, frac, n_t, n_gh):
     # loss by test_generic_H_equals_the_closed_form_linearisation) and §7's formula, which
     # uses only m(r, t) = E_{p_t}|w|^2 and the law's density. They agree to the quadrature's
     # error (measured with more nodes: 9e-7 uniform, 2e-5 logit-normal at these sizes).
-    from mfverify.stability import symmetric_part_check
+    from mfverify.theory.stability import symmetric_part_check
 
     c = symmetric_part_check(get_case("ring8"), FourierDirections(2, 4, seed=1), kind, -0.4, 1.0, frac, n_t=n_t,
                              n_gh=n_gh)
@@ -186,7 +186,7 @@ def test_math_7_formula_is_the_symmetric_part_of_mf_H(kind, frac, n_t, n_gh):
 
 def test_a_wrong_formula_would_be_caught():
     # the same check with the boundary term at t = 1 left out (a plausible slip) must disagree
-    from mfverify import stability
+    from mfverify.theory import stability
 
     mixture, dirs = get_case("ring8"), FourierDirections(2, 4, seed=1)
     good = stability.symmetric_part_check(mixture, dirs, "uniform", frac_r_eq_t=0.0, n_t=16, n_gh=12)
@@ -207,7 +207,7 @@ def test_a_wrong_formula_would_be_caught():
 
 
 def test_cli_refuses_a_bad_network_checkpoint(tmp_path, capsys):
-    from mfverify.stability import main
+    from mfverify.theory.stability import main
 
     bad = tmp_path / "not_a_checkpoint.pt"
     bad.write_text("garbage")

@@ -11,7 +11,9 @@ from mfverify.cases import get_case
 from mfverify.sample import average_velocity_sampler, uniform_grid
 from mfverify.study import headlines
 from mfverify.study.config import load_study, to_toml
-from mfverify.study.runner import guided_path, guided_targets, run_dir, run_study
+from mfverify.study.exact import guided_targets
+from mfverify.study.runner import run_study
+from mfverify.study.store import guided_path, run_dir
 from mfverify.train import load_checkpoint
 
 BASE = """[study]
@@ -125,7 +127,7 @@ def test_a_headline_verdict_follows_its_rule():
 
 
 def test_ensembles_leave_two_head_and_conditional_runs_to_train_one_by_one(tmp_path):
-    from mfverify.study.runner import plan
+    from mfverify.study.plan import plan
 
     path = tmp_path / "e.toml"
     path.write_text(BASE.format(variants='alpha_fixed = "alpha_flow"').replace('objectives = ["mf", "alpha_fixed"]',

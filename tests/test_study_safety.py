@@ -15,7 +15,8 @@ import torch
 
 from mfverify.study.__main__ import main
 from mfverify.study.config import load_study
-from mfverify.study.runner import StudyInterrupted, StudyLock, run_study
+from mfverify.study.runner import StudyInterrupted, run_study
+from mfverify.study.store import StudyLock
 
 from .test_study import TINY
 

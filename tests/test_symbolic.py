@@ -3,7 +3,7 @@
 import pytest
 import sympy as sp
 
-from mfverify import symbolic
+from mfverify.theory import symbolic
 
 
 def test_meanflow_identity_follows_from_the_definition_of_u():

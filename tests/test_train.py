@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from mfverify import train as train_module
 from mfverify.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from mfverify.train import loop as train_module
 
 SMALL = dict(case="ring8", objective="mf", steps=30, batch=32, network_options={"width": 16, "depth": 2}, device="cpu", p=1.0, c=0.03)
 

@@ -1,14 +1,18 @@
 """Ground truth (MATH.md §2-3): closed forms, routes, identities, bad input."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from scipy.stats import multivariate_normal
 
-from mfverify import identities, truth
+from mfverify import truth
 from mfverify.cases import GaussianMixture, get_case, list_cases
-from mfverify.montecarlo import conditional_mean_mc, z_scores
+from mfverify.theory import identities
+from mfverify.theory.montecarlo import conditional_mean_mc, z_scores
 from mfverify.truth import ode as ode_route
 from mfverify.truth.fields import velocity_jvp_raw, velocity_raw
 
@@ -393,3 +397,19 @@ def test_derivatives_of_u_match_finite_differences_and_the_identity(name, method
     rhs = (v - u) / (t - r)[:, None]
     bar = 1e-7 if method == "ode" else 1e-10
     assert (lhs - rhs).abs().max() <= bar * rhs.abs().max().clamp_min(1)
+
+
+def test_log_density_at_0_is_scipys_log_pdf():
+    m = get_case("gauss2d_aniso")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 2))
+    ref = multivariate_normal(m.means[0].numpy(), m.covs[0].numpy()).logpdf(x)
+    assert np.allclose(truth.log_density(m, x, 0.0).numpy(), ref, rtol=1e-13, atol=1e-13)  # float64 round-off
+    m = get_case("random16d")
+    x = rng.normal(size=(20, 16))
+    parts = [
+        math.log(w) + multivariate_normal(mu.numpy(), S.numpy()).logpdf(x)
+        for w, mu, S in zip(m.weights.tolist(), m.means, m.covs)
+    ]
+    ref = np.logaddexp.reduce(np.stack(parts), axis=0)
+    assert np.allclose(truth.log_density(m, x, 0.0).numpy(), ref, rtol=1e-11)  # eigh vs Cholesky round-off

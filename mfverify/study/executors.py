@@ -2,7 +2,7 @@
 
 An executor takes ``execute(study, job, truth, progress, modules)`` calls and yields
 their results as they finish; it never writes a file. The driver stores each result
-(``runner.store``: atomic writes, ``run.json`` last), so a worker needs no shared disk
+(``store.store``: atomic writes, ``run.json`` last), so a worker needs no shared disk
 and a job that is lost (a killed worker, a lost node) is simply run again: a job is
 deterministic, its result the same.
 
@@ -24,13 +24,16 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import torch
+
+from mfverify.study.evaluate import one_thread
+from mfverify.study.execute import _worker_init, execute
+
 EXECUTORS = ("serial", "processes", "ray")
 RAY_RETRIES = 3
 
 
 def _call(args):
-    from mfverify.study.runner import execute
-
     return execute(*args)
 
 
@@ -41,8 +44,6 @@ class Serial:
         pass
 
     def run(self, calls):
-        from mfverify.study.runner import one_thread
-
         with one_thread():  # as a worker runs; the caller's thread count is restored after
             for args in calls:
                 yield _call(args)
@@ -55,10 +56,6 @@ class Processes:
     name = "processes"
 
     def __init__(self, jobs: int = 1, start_method: str | None = None, gpu: bool = False, modules=(), **_):
-        from mfverify.study.runner import _worker_init
-
-        import torch
-
         # CUDA cannot be used in a child forked after the parent touched it (env.json
         # asks for the device name), so GPU studies start their workers with spawn. So
         # do CPU studies in a process that has initialised CUDA: autograd then runs
@@ -132,8 +129,6 @@ class Ray:
 
 
 def _ray_task(study, job, truth, progress, modules):
-    import torch
-
     torch.set_num_threads(1)
     return _call((study, job, truth, progress, modules))
 

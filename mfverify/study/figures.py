@@ -19,7 +19,7 @@ draws them the same way. One function per figure, table in,
 Colours are the Okabe-Ito colour-blind-safe set (objectives) and greys (exact
 baselines); a model baseline takes its objective's colour; every method also has
 its own marker. To restyle for a paper, pass a matplotlib style (``--style``) or
-call these functions on the tables (``mfverify.study.tables.read_csv``).
+call these functions on the tables (``mfverify.study.store.read_csv``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from mfverify.io import write_bytes  # noqa: E402
-from mfverify.study.tables import read_csv  # noqa: E402
+from mfverify.study.store import read_csv  # noqa: E402
 
 # Okabe & Ito (2008), black left out (the exact baselines use it); yellow darkened to read on white
 OBJECTIVE_COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#E69F00", "#B8A100"]

@@ -130,7 +130,7 @@ def _training_points(case: str, n: int, seed: int = 0):
 
 def _trained_diagonal(res: Results, case: str, method: str, x, t):
     """``u_theta(x, t, t)`` of ``method``'s seed-0 EMA model (float64 CPU), or None if absent."""
-    from mfverify.study.runner import run_dir
+    from mfverify.study.store import run_dir
     from mfverify.train import load_checkpoint
 
     path = run_dir(res.folder, case, method, 0) / "checkpoint.pt"
@@ -143,7 +143,7 @@ def _trained_diagonal(res: Results, case: str, method: str, x, t):
 
 def cv_coefficient(res: Results, points: dict) -> list:
     """R2 (exact at u*, and with a trained model's own diagonal) and the trained one-step errors."""
-    from mfverify.relatives import optimal_cv_beta
+    from mfverify.objectives.relatives import optimal_cv_beta
     from mfverify.truth import average_velocity_jacobian
 
     statement = ("the control-variate coefficient of the tangent beta v_c + (1 - beta) u_theta(x_t, t, t) has an "
@@ -177,7 +177,7 @@ def cv_coefficient(res: Results, points: dict) -> list:
 
 
 def imf_tangent(res: Results, points: dict) -> list:
-    from mfverify.relatives import cv_target_error
+    from mfverify.objectives.relatives import cv_target_error
 
     statement = ("improved MeanFlow's tangent (the network's own v head) removes mf's target-noise amplification "
                  "and improves one-step generation")

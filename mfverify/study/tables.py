@@ -1,8 +1,9 @@
 """The figure tables of a study: the numbers behind every figure, one CSV each.
 
-``write_tables(study, out)`` builds them from the per-run files of a finished study
-(``runs/``, ``truth/``); ``mfverify.study.figures.build(out)`` draws every figure from
-these CSVs alone, so a figure can be restyled without training or truth.
+Each table is built by a function of the data it shows (``report.write_tables`` reads
+them from the per-run files of a finished study, ``runs/`` and ``truth/``);
+``mfverify.study.figures.build(out)`` draws every figure from these CSVs alone, so a
+figure can be restyled without training or truth.
 
 ``error_vs_nfe_<case>.csv``
     study, case, method, group, source, index, nfe, metric, mean, min, max, seeds:
@@ -31,22 +32,20 @@ in the study's objective or baseline list (the figures colour by it).
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import torch
 
 from mfverify.cases import GaussianMixture, ProductMixture, get_case
 from mfverify.io import write_text
+from mfverify.study.config import MODEL_BASELINES
+from mfverify.study.store import csv_text
 
 DENSITY_GRID = 160
 
 
 def _methods(study):
     """``(method, group, source, index)`` for every objective and baseline of the study, in order."""
-    from mfverify.study.config import MODEL_BASELINES
-
     out = [(m, "objective", "", i) for i, m in enumerate(study.study.objectives)]
     out += [(b, "baseline", MODEL_BASELINES.get(b, ("",))[0], i) for i, b in enumerate(study.study.baselines)]
     return out
@@ -129,25 +128,24 @@ def density_table(mixture, case, origin, P, projection, lo, hi) -> list[dict]:
     return grid + atoms
 
 
-def samples_tables(study, out: Path, case: str):
-    """``(samples, density)`` tables of a case, or ``(None, None)`` for 1-D data."""
-    from mfverify.study.runner import run_dir, truth_path
+def samples_tables(study, case: str, phi, baseline_samples=None, run_samples=None):
+    """``(samples, density)`` tables of a case, or ``(None, None)`` for 1-D data.
 
+    ``phi``: the case's exact images ``Phi(x1, 1 -> 0)`` of the shared noise;
+    ``baseline_samples``: the baselines' ``samples.pt`` blob (or None);
+    ``run_samples``: ``{objective: blob}`` of the seed-0 runs' ``samples.pt``."""
     mixture = get_case(case)
     if mixture.d < 2:
         return None, None
     origin, P, projection = plotting_frame(mixture)
     k = study.eval.sample_points
-    phi = torch.load(truth_path(out, case), weights_only=True)["phi"][:k]
+    phi = phi[:k]
     sources = {"objective": {}, "baseline": {}}
-    base = out / "runs" / case / "baselines" / "samples.pt"
-    if base.exists():
-        sources["baseline"] = _by_method(torch.load(base, weights_only=True))
-    for obj in study.study.objectives:
-        path = run_dir(out, case, obj, 0) / "samples.pt"
-        if path.exists():
-            for (m, n), x in _by_method(torch.load(path, weights_only=True)).items():
-                sources["objective" if m == obj else "baseline"][(m, n)] = x
+    if baseline_samples is not None:
+        sources["baseline"] = _by_method(baseline_samples)
+    for obj, blob in (run_samples or {}).items():
+        for (m, n), x in _by_method(blob).items():
+            sources["objective" if m == obj else "baseline"][(m, n)] = x
     phi2 = (phi - origin) @ P
     table = []
     for method, group, source, index in _methods(study):
@@ -177,17 +175,13 @@ def _by_method(blob) -> dict:
     return {(m, int(n)): (x, p) for m, n, x, p in zip(blob.get("method", []), blob.get("nfe", []), blob.get("x", []), phis)}
 
 
-def field_error_table(study, out: Path, case: str) -> list[dict]:
-    from mfverify.study.runner import run_dir
-
+def field_error_table(study, case: str, grids) -> list[dict]:
+    """``grids``: ``{objective: [rows of a seed's field_grid.csv, ...]}`` (seeds without one left out)."""
     table = []
     for index, obj in enumerate(study.study.objectives):
         cells = {}
-        for seed in range(study.study.seeds_for(obj)):
-            path = run_dir(out, case, obj, seed) / "field_grid.csv"
-            if not path.exists():
-                continue
-            for row in read_csv(path):
+        for seed_rows in grids.get(obj, ()):
+            for row in seed_rows:
                 cells.setdefault((float(row["r"]), float(row["t"])), []).append(row)
         for (r, t), group in cells.items():
             mean = lambda key: sum(float(g[key]) for g in group) / len(group)  # noqa: E731
@@ -196,38 +190,6 @@ def field_error_table(study, out: Path, case: str) -> list[dict]:
     return table
 
 
-def csv_text(table: list[dict], columns=None) -> str:
-    """A table as CSV text, floats written by ``repr`` (they read back bit for bit)."""
-    buf = io.StringIO()
-    columns = columns or (list(table[0]) if table else [])
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in table:
-        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-    return buf.getvalue()
-
-
 def write_csv(path: Path, table: list[dict], columns=None) -> None:
     """``csv_text`` written atomically."""
     write_text(path, csv_text(table, columns))
-
-
-def read_csv(path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_tables(study, out: Path, rows) -> None:
-    """Every figure table of a finished study (``rows``: its results)."""
-    from mfverify.study.runner import _slug
-
-    for case in study.study.cases:
-        slug = _slug(case)
-        write_csv(out / f"error_vs_nfe_{slug}.csv", error_vs_nfe_table(rows, case, study))
-        samples, density = samples_tables(study, out, case)
-        if samples is not None:
-            write_csv(out / f"samples_{slug}.csv", samples)
-            write_csv(out / f"density_{slug}.csv", density)
-        field = field_error_table(study, out, case)
-        if field:
-            write_csv(out / f"field_error_{slug}.csv", field)

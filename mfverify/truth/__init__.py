@@ -9,12 +9,20 @@ Routes for the flow map and the average velocity (``method=``):
 - ``"closed_form"``: one Gaussian, any full covariance (``gaussian.py``);
 - ``"quantile"``: 1-D mixtures and ``ProductMixture`` (``quantile.py``);
 - ``"ode"``: any mixture, adaptive DOP853 in float64 with per-point steps (``ode.py``;
-  values of full mixtures on the CPU run in the compiled ``kernel.py``).
+  values of full mixtures on the CPU run in the compiled kernels of ``compiled/``).
 
 ``method=None`` picks the most exact route that applies: closed form, else
 quantile matching (with the ODE route for intervals ``t - r`` shorter than
 ``QUANTILE_MIN_INTERVAL``, where ``(x - Phi) / (t - r)`` would lose digits),
 else the ODE. Forcing a route that does not apply raises ``ValueError``.
+
+What lives here: ``fields`` (closed-form v, score, posterior, moments, densities),
+``gaussian``, ``quantile`` and ``ode`` (the routes), ``solver`` (the batched DOP853),
+``compiled/`` (the numba kernels), ``guided`` (guided fields of labelled mixtures),
+``inputs`` (validation and tolerances). A new route or field is a module here.
+
+Imports: ``mfverify.cases`` only; the truth never imports a network, an objective
+or a study.
 """
 
 from __future__ import annotations
@@ -22,14 +30,18 @@ from __future__ import annotations
 import torch
 
 from mfverify.truth import gaussian, ode, quantile
-from mfverify.truth.fields import SMALL_T, moments_raw, posterior_raw, score_raw, small_t_fields, velocity_raw
-from mfverify.truth.inputs import as_points, as_times, prepare
+from mfverify.truth.fields import (SMALL_T, log_density, moments_raw, posterior_raw, score_raw, small_t_fields,
+                                   velocity_raw)
+from mfverify.truth.guided import (conditional_velocity, effective_guidance, guided_average_velocity, guided_flow_map,
+                                   guided_velocity)
+from mfverify.truth.inputs import DEFAULT_ATOL, DEFAULT_RTOL, _check_tolerance, as_points, as_times, prepare
 from mfverify.truth.solver import SolverStats
 
 __all__ = [
     "velocity",
     "score",
     "posterior_weights",
+    "log_density",
     "conditional_moments",
     "flow_map",
     "average_velocity",
@@ -48,24 +60,9 @@ __all__ = [
 ]
 
 METHODS = ("closed_form", "quantile", "ode")
-# Default ODE tolerances. Local error control lets the global error exceed the
-# tolerance by up to ~300x on rare points (ring8, full interval: 3e-9 at 1e-11),
-# so the default is 1e-12: benchmarks/truth_bench.py measures max |u - u_tight|
-# over 100k points against this bar of 1e-9.
-DEFAULT_RTOL = 1e-12
-DEFAULT_ATOL = 1e-12
 # Below this interval the quantile route's (x - Phi)/(t - r) loses more than
 # ~1e-13 to round-off; the ODE over such a short interval is cheap and exact.
 QUANTILE_MIN_INTERVAL = 1e-2
-
-
-from mfverify.truth.guided import (  # noqa: E402  (guidance on labelled mixtures)
-    conditional_velocity,
-    effective_guidance,
-    guided_average_velocity,
-    guided_flow_map,
-    guided_velocity,
-)
 
 
 def velocity(mixture, x, t) -> torch.Tensor:
@@ -177,16 +174,6 @@ def _as_tangent_time(value, n, device, name):
     if not torch.isfinite(tensor).all():
         raise ValueError(f"{name} must be finite")
     return tensor
-
-
-def _check_tolerance(name, value, default):
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not (0 < value < 1):
-        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
-    return float(value)
 
 
 def _average_velocity(mixture, x, r, t, tangent, method, rtol, atol):

@@ -23,6 +23,7 @@ import math
 import torch
 
 from mfverify.cases import GaussianMixture, ProductMixture
+from mfverify.truth.inputs import prepare
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -295,8 +296,7 @@ def moments_raw(mixture, x, t):
 
 
 def log_density(mixture, x, t) -> torch.Tensor:
-    """``log p_t(x)`` (n,), validated; used by ``mixture.log_prob`` at t = 0."""
-    from mfverify.truth.inputs import prepare
-
+    """``log p_t(x)`` (n,), validated; at ``t = 0`` the data's ``log p0(x)`` (-inf off the
+    support of a singular mixture)."""
     x, t, _ = prepare(mixture, x, t, need_density=True)
     return log_density_raw(mixture, x, t)

@@ -29,7 +29,7 @@ import torch
 from mfverify.cases import GaussianMixture
 from mfverify.truth import ode, solver
 from mfverify.truth.fields import velocity_raw
-from mfverify.truth.inputs import prepare
+from mfverify.truth.inputs import DEFAULT_ATOL, DEFAULT_RTOL, _check_tolerance, prepare
 
 __all__ = ["conditional_velocity", "guided_velocity", "guided_average_velocity", "guided_flow_map",
            "effective_guidance"]
@@ -109,8 +109,6 @@ def guided_velocity(mixture, x, t, labels, w, interval=None) -> torch.Tensor:
 def guided_average_velocity(mixture, x, r, t, labels, w, interval=None, rtol=None, atol=None) -> torch.Tensor:
     """``u_w(x, r, t | c) = (x - Phi_w(x, t -> r | c)) / (t - r)`` (n, d); ``v_w`` where ``r = t``;
     ``interval`` as ``guided_velocity``'s."""
-    from mfverify.truth import DEFAULT_ATOL, DEFAULT_RTOL, _check_tolerance
-
     x, t, r = prepare(mixture, x, t, r, need_density=True)
     labels = _labels(mixture, labels, x.shape[0], x.device)
     w = _check_w(w)

@@ -7,7 +7,7 @@ With ``tau(s) = t - s (t - r)`` and ``z(s) = (x - x(tau(s))) / (t - r)``,
 so ``u`` is integrated directly: no cancellation as ``r -> t``, and error
 control acts on ``u`` itself. Each point has its own step size
 (``solver.solve``; for a full mixture on the CPU, the same method compiled per
-point: values in ``kernel.py``, values with tangents in ``kernel_tangent.py``).
+point: values in ``compiled/stepper.py``, values with tangents in ``compiled/tangent.py``).
 
 Derivatives (the variational equation, integrated with the flow): a tangent
 ``(dx, dr, dt)`` moves ``y = x - (t-r) z`` by
@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import torch
 
-from mfverify.truth import kernel, kernel_tangent, solver
-from mfverify.truth.fields import SMALL_T, posterior_raw, small_t_fields, velocity_jvp_raw, velocity_raw
 from mfverify.cases import GaussianMixture
+from mfverify.truth import solver
+from mfverify.truth.compiled import numba_setup, stepper
+from mfverify.truth.compiled import tangent as kernel_tangent
+from mfverify.truth.fields import SMALL_T, posterior_raw, small_t_fields, velocity_jvp_raw, velocity_raw
 
 CHUNK = 16384  # points per solve: bounded memory for any n
 MAX_DTAU = 0.05  # longest step in path time tau
 _R_SNAP = 1e-3  # first r' tried for Dirac mixtures at r = 0
 _SATURATED = 1 - 1e-15  # posterior one-hot to round-off
-USE_KERNEL = True  # values of full mixtures on CPU go through the compiled kernel (kernel.py)
+USE_KERNEL = True  # values of full mixtures on CPU go through the compiled kernel (compiled/stepper.py)
 
 
 def _rhs(mixture, m: int):
@@ -65,7 +67,7 @@ def _solve(mixture, x, r, t, tangent, rtol, atol, stats):
     # switch with an error estimate that misses it (seen on ring8: 7e-6 at rtol 1e-11).
     max_step = (MAX_DTAU / (t - r).clamp_min(1e-300)).clamp_max(1.0)
     if m == 0 and _kernel_applies(mixture, x):
-        return kernel.average_velocity(mixture, x, r, t, max_step, rtol=rtol, atol=atol, stats=stats), None
+        return stepper.average_velocity(mixture, x, r, t, max_step, rtol=rtol, atol=atol, stats=stats), None
     if m > 0 and kernel_tangent.applies(mixture, x):
         return kernel_tangent.average_velocity(mixture, x, r, t, tangent, max_step, rtol=rtol, atol=atol, stats=stats)
     state0 = torch.zeros(n, (1 + m) * d, dtype=torch.float64, device=x.device)
@@ -77,7 +79,7 @@ def _solve(mixture, x, r, t, tangent, rtol, atol, stats):
 
 
 def _kernel_applies(mixture, x) -> bool:
-    return USE_KERNEL and kernel.available() and isinstance(mixture, GaussianMixture) and x.device.type == "cpu"
+    return USE_KERNEL and numba_setup.available() and isinstance(mixture, GaussianMixture) and x.device.type == "cpu"
 
 
 def _snap_targets(mixture, y, tau):

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from mfverify.nets.conditioned import NO_LABEL
+
 TIME_INPUTS = ("t,t-r", "t,r")
 TIME_FEATURES = ("sinusoidal", "fourier")
 
@@ -19,7 +21,7 @@ class _SiluTangent(torch.autograd.Function):
     ``silu'(h) = s (1 + h (1 - s))``, ``silu''(h) = s (1 - s) (2 + h (1 - 2 s))``, ``s = sigmoid(h)``.
     """
 
-    generate_vmap_rule = True  # vmap-safe: an ensemble (mfverify.ensemble) maps it over members
+    generate_vmap_rule = True  # vmap-safe: an ensemble (mfverify.train.ensemble) maps it over members
 
     @staticmethod
     def forward(dh, h):
@@ -188,87 +190,3 @@ class MeanFlowMLP(nn.Module):
                         dh = torch.ops.aten.silu_backward(dh, h)
                 h = nn.functional.silu(h)
         return (h, dh) if self.heads == 1 else (h[:, : self.d], dh[:, : self.d])
-
-
-NO_LABEL = -1  # the "none" label of classifier-free guidance (label dropout)
-
-
-class Conditioned:
-    """A class-conditional model with its labels bound: ``model(x, r, t)`` is
-    ``net(x, r, t, labels)``, and ``jvp`` and ``velocity`` likewise, so that any
-    objective trains it unchanged (the objective must call it on its whole batch:
-    the labels are per row). ``unconditional()`` is the same network with the "none"
-    label on every row (MeanFlow's guided target needs both)."""
-
-    def __init__(self, net, labels: torch.Tensor):
-        self.net, self.labels = net, labels
-        if hasattr(net, "jvp"):
-            self.jvp = self._jvp
-        if hasattr(net, "velocity"):
-            self.velocity = self._velocity
-
-    def _rows(self, x):
-        if x.shape[0] != self.labels.shape[0]:
-            raise ValueError(f"a conditioned model holds labels for {self.labels.shape[0]} rows, called on "
-                             f"{x.shape[0]}: an objective must call the model on its whole batch")
-        return self.labels
-
-    def __call__(self, x, r, t):
-        return self.net(x, r, t, labels=self._rows(x))
-
-    def _jvp(self, x, r, t, dx, dr, dt, tangent_grad=True):
-        return self.net.jvp(x, r, t, dx, dr, dt, tangent_grad=tangent_grad, labels=self._rows(x))
-
-    def _velocity(self, x, t):
-        return self.net.velocity(x, t, labels=self._rows(x))
-
-    def unconditional(self) -> "Conditioned":
-        return Conditioned(self.net, torch.full_like(self.labels, NO_LABEL))
-
-
-# ------------------------------------------------------------ the network registry
-
-from mfverify.registry import Registry  # noqa: E402
-
-networks = Registry("network", "mfverify.networks")
-"""Network builders ``build(d, **options) -> module`` with ``module(x, r, t) -> u`` (n, d).
-
-A module may offer ``jvp(x, r, t, dx, dr, dt, tangent_grad)`` (the ``"analytic"``
-back-end); without it the objectives use ``torch.func``. Register with
-``@networks.register("name")``, a ``"package.module:attr"`` string, or an entry
-point in the group ``mfverify.networks``.
-"""
-
-
-networks.register("mlp", MeanFlowMLP)  # the class is its own builder: MeanFlowMLP(d, **options)
-
-
-def network_options(name: str) -> dict:
-    """The options of network ``name`` with their defaults (from its builder's signature)."""
-    import inspect
-
-    build = networks.get(name)
-    params = list(inspect.signature(build).parameters.values())[1:]
-    return {p.name: p.default for p in params if p.default is not p.empty and p.name != "dtype"}
-
-
-def build_network(name: str, d: int, options=None, dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """``networks.get(name)(d, **options)``; unknown options are errors naming the known ones."""
-    options = dict(options or {})
-    known = network_options(name)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise TypeError(f"network {name!r} got unexpected options {unknown}; its options: {', '.join(known) or 'none'}")
-    build = networks.get(name)
-    import inspect
-
-    if "dtype" in inspect.signature(build).parameters:
-        return build(d, **options, dtype=dtype)
-    # a builder without a dtype argument initialises in torch's default dtype: set it
-    # for the call, so that a seed gives the same initial draws whatever the caller's
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype or previous)
-    try:
-        return build(d, **options)
-    finally:
-        torch.set_default_dtype(previous)

@@ -268,9 +268,8 @@ def population_gradient_mc(objective, mixture, h, x, r, t, n_samples=20_000, gen
     once per point (where the loss calls it at ``x_t`` itself or at points that
     do not depend on the draw, as every objective of MATH.md does).
     """
-    from mfverify.montecarlo import sample_conditional_velocity
-
     from mfverify import objectives
+    from mfverify.theory.montecarlo import sample_conditional_velocity
 
     if objectives.get(objective).needs_truth:
         options = {**options, "mixture": mixture}

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from mfverify import objectives
 from mfverify.cases import get_case
 from mfverify.io import save_torch
-from mfverify.models import NO_LABEL, Conditioned, build_network, network_options
+from mfverify.nets import NO_LABEL, Conditioned, build_network, network_options
 from mfverify.times import KINDS as TIME_SAMPLERS
 from mfverify.times import sample_times
 
@@ -49,7 +49,7 @@ class TrainConfig:
     jvp: str = "auto"  # JVP back-end, for objectives that take one
     conditional: bool = False  # class-conditional on a labelled case (the network gets n_classes)
     label_dropout: float = 0.1  # conditional: share of rows trained with the "none" label
-    network: str = "mlp"  # a name in mfverify.models.networks or "module:attr"
+    network: str = "mlp"  # a name in mfverify.nets.networks or "module:attr"
     network_options: tuple = ()  # ((key, value), ...) for the network's builder
     objective_options: tuple = ()  # ((key, value), ...) for the objective
     seed: int = 0

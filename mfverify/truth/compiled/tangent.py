@@ -1,7 +1,7 @@
 """Compiled per-point DOP853 for the average velocity *and its tangents* (the variational
 equation of ``ode.py``) of a full, non-singular Gaussian mixture on the CPU.
 
-The state of a point is ``(z, W_1 .. W_m)`` ((1 + m) d numbers): ``z`` as in ``kernel.py`` and
+The state of a point is ``(z, W_1 .. W_m)`` ((1 + m) d numbers): ``z`` as in ``stepper.py`` and
 one tangent ``W_j = dz`` per direction ``(dx_j, dr_j, dt_j)``, with
 
     dW_j/ds = J_y v(y, tau) . dy_j + d_tau v(y, tau) dtau_j,
@@ -19,11 +19,11 @@ component (``Y_k = Q_k^T y - (1 - tau) Q_k^T mu_k``, ``c_kj = (1-tau)^2 lam_kj +
 with ``a'_kj = ((1 + lam_kj) - a_kj c'_kj) / c_kj``, ``c'_kj = 2 tau - 2 (1 - tau) lam_kj`` and
 ``l'_k = d_tau logit_k = -sum_j (Y_kj (Q_k^T mu_k)_j / c_kj - Y_kj^2 c'_kj / (2 c_kj^2) + c'_kj / (2 c_kj))``;
 ``g`` and ``l'`` are the pi-weighted means. Components whose logit lies more than 50 below the
-largest carry weight < 2e-22 and are left out, as in ``kernel.py``. Only components with
+largest carry weight < 2e-22 and are left out, as in ``stepper.py``. Only components with
 weight enter the d^3 part, so the cost per evaluation is about ``K d^2 + K_active d^3 + m d^2``
 against the values' ``K d^2 + K_active d^2``. Three paths:
 
-- a diagonal covariance shared by every component (``kernel._SHARED``, ring8): ``a`` and ``c``
+- a diagonal covariance shared by every component (``_SHARED``, ring8): ``a`` and ``c``
   are common and ``J_y v = diag(a) - (1 - tau) diag(1 + (1 - tau) a) Cov_pi(mu) diag(1/c)``
   (``_fields_shared``, ``K d^2``);
 - ``d >= _BLAS_FROM`` (8): the d^3 part and ``J dy`` as matrix products through BLAS
@@ -49,24 +49,25 @@ import math
 import numpy as np
 import torch
 
-from mfverify.truth import kernel
+from mfverify.truth.compiled import numba_setup as setup
+from mfverify.truth.compiled.field import _mixture_arrays
 
-numba = kernel.numba
-OK, TOO_MANY_STEPS, STEP_UNDERFLOW = kernel.OK, kernel.TOO_MANY_STEPS, kernel.STEP_UNDERFLOW
+numba = setup.numba
+OK, TOO_MANY_STEPS, STEP_UNDERFLOW = setup.OK, setup.TOO_MANY_STEPS, setup.STEP_UNDERFLOW
 USE = True  # tangents of full non-singular mixtures on CPU go through this kernel
 
 
 def applies(mixture, x) -> bool:
     from mfverify.cases import GaussianMixture
 
-    return (USE and kernel.available() and isinstance(mixture, GaussianMixture) and x.device.type == "cpu"
+    return (USE and setup.available() and isinstance(mixture, GaussianMixture) and x.device.type == "cpu"
             and not mixture.is_singular)
 
 
 if numba is not None:
     from numba import njit, prange
 
-    _SKIP = kernel._SKIP_LOGIT
+    _SKIP = setup._SKIP_LOGIT
     _BLAS_FROM = 8  # from this dimension on the d^3 part goes through BLAS (below, loops are faster)
 
     @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -123,7 +124,7 @@ if numba is not None:
     def _fields(tau, y, KT, MK, QQ, cancels, d, K, Yk, ck, ak, vk, gk, lg, lt, v, vt, JT, w3):
         """v, d_tau v and J_y v (transposed: ``JT[l, i] = dv_i / dy_l``) at (y, tau); the rest is
         scratch. Every inner loop runs over independent outputs (axpy form), so it vectorises
-        without reassociating any sum (no fast-math, as in ``kernel.py``)."""
+        without reassociating any sum (no fast-math, as in ``stepper.py``)."""
         KD = K * d
         one_m = 1.0 - tau
         for k in range(K):  # Y_k = Q_k^T y, row i of Q_k at a time
@@ -269,7 +270,7 @@ if numba is not None:
 
     @njit(cache=True, nogil=True, error_model="numpy")
     def _fields_shared(tau, y, KT, MK, d, K, lg, lt, v, vt, JT, w3, C):
-        """``_fields`` for a diagonal covariance shared by every component (``kernel._SHARED``):
+        """``_fields`` for a diagonal covariance shared by every component (``_SHARED``):
         ``a``, ``c`` are common, ``g_k - g = (1 - tau) (mu_k - m) / c`` and
         ``v_k - v = -(1 + (1 - tau) a) (mu_k - m)`` with ``m = sum_k pi_k mu_k``, so
 
@@ -508,7 +509,7 @@ if numba is not None:
         K = args[1].shape[0] // 3
         q = (1 + m) * d
         n_stages = tab[1].shape[0]
-        n_blocks = (n + kernel._BLOCK - 1) // kernel._BLOCK
+        n_blocks = (n + setup._BLOCK - 1) // setup._BLOCK
         for b in prange(n_blocks):
             scr = (np.empty((K, d)), np.empty((K, d)), np.empty((K, d)), np.empty((K, d)), np.empty((K, d)),
                    np.empty(K), np.empty(K), np.empty(d), np.empty(d), np.empty((d, d)), np.empty(d), np.empty(d),
@@ -554,16 +555,16 @@ def _average_velocity(gm, x, r, t, tangent, h_max, rtol, atol, max_steps, stats)
     if n == 0:
         return torch.from_numpy(out[:, :d]), torch.from_numpy(out[:, d:]).view(n, m, d)
     info = np.zeros((n, 4), dtype=np.int64)
-    KT, MK, QQ, layout, logdet_mode = kernel._mixture_arrays(gm)
-    cancels = logdet_mode == kernel._LOGDET_CANCELS
-    shared = layout == kernel._SHARED
-    tab = (kernel._A, kernel._B, kernel._C, kernel._E3, kernel._E5)
+    KT, MK, QQ, layout, logdet_mode = _mixture_arrays(gm)
+    cancels = logdet_mode == setup._LOGDET_CANCELS
+    shared = layout == setup._SHARED
+    tab = (setup._A, setup._B, setup._C, setup._E3, setup._E5)
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     c = _numpy
-    with kernel._LOCK:
+    with setup._LOCK:
         numba.set_num_threads(threads)
         _solve_all(c(x), c(r), c(t), c(dx), c(dr), c(dt), c(h_max), float(rtol), float(atol), int(max_steps),
-                   kernel.CONTROL, (KT, MK, QQ, cancels, shared), tab, out, info)
+                   setup.CONTROL, (KT, MK, QQ, cancels, shared), tab, out, info)
     if stats is not None:
         stats.points += n
         stats.accepted += int(info[:, 1].sum())

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from mfverify.jvp import DEFAULT_BACKEND, jvp
-from mfverify.objectives import Objective, _check_jvp, _col, _on_path, _sq
+from mfverify.objectives.core import Objective, _check_jvp, _col, _on_path, _sq
 
 
 def _need(mixture, name):

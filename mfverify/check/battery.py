@@ -1,9 +1,9 @@
-"""The check battery, run on any per-sample loss: ``python -m mfverify.check LOSS``.
+"""The check battery, run on any per-sample loss: ``mfverify check LOSS`` (``python -m mfverify.check``).
 
 ``LOSS`` is a registered objective name or ``"package.module:attr"`` naming a
 per-sample loss ``loss(model, x0, x1, r, t, **options) -> (n,)`` in mfverify's
 conventions (MATH.md §1: data at t = 0, noise at t = 1, ``model(x, r, t)``;
-wrap other conventions with ``mfverify.conventions``). Each check is a row with
+wrap other conventions with ``mfverify.check.conventions``). Each check is a row with
 its numbers, its rule and a verdict:
 
 - ``reduces_to_fm``: at ``r = t`` the per-sample values and the parameter gradient
@@ -41,9 +41,10 @@ from typing import Any
 
 import torch
 
-from mfverify import identities, objectives
+from mfverify import objectives
 from mfverify.cases import get_case
-from mfverify.models import build_network
+from mfverify.nets import build_network
+from mfverify.theory import identities
 
 __all__ = ["run", "Report", "CheckResult", "DEFAULT_CASES", "main"]
 
@@ -472,7 +473,3 @@ def main(argv=None) -> int:
     if args.json:
         write_text(args.json, report.to_json() + "\n")
     return 0 if report.passed else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,112 +1,24 @@
-"""Compiled per-point DOP853 for the average velocity of a full Gaussian mixture (CPU).
+"""The compiled mixture velocity ``v(y, tau)`` of a full Gaussian mixture, inlined into the
+kernels' right-hand sides (``stepper``, ``tangent``), and ``_mixture_arrays``, the packing
+of a mixture's parameters that they take.
 
-The same method as ``solver.solve`` on the right-hand side of ``ode.py``
-(Dormand-Prince 8(5,3), Hairer's PI control with ``PI_BETA``, growth limits
-1/3..6, ``max_step``, the same initial-step rule and error norm), written as one
-loop per point and compiled with numba, with the mixture velocity inlined. Points
-run in parallel over ``torch.get_num_threads()`` threads. This removes the per-
-operation overhead of the batched torch solver, which dominates for small ``d``.
-
-The velocity at ``(y, tau)`` follows ``fields.py``: in the eigenbasis of ``S_k``,
-``Y_k = Q_k^T y - (1-tau) Q_k^T mu_k``, ``c_k = (1-tau)^2 lam_k + tau^2``,
-``logit_k = log w_k - (sum Y_k^2 / c_k + sum log c_k) / 2``,
-``v = sum_k pi_k [Q_k ((tau - (1-tau) lam_k) / c_k * Y_k) - mu_k]``.
-Shortcuts: diagonal covariances skip the rotations (one shared diagonal spectrum,
-as in ring8, also shares c and a between components, with scalar code in 2-D); when
-every component has the same eigenvalues the log-determinant cancels in the softmax;
-components with ``logit_k < max - 50`` (weight below 2e-22 relative, far below the
-1e-12 tolerances this serves) are left out of the sum, and for full covariances an
-upper bound on the logit (from the largest eigenvalue) drops most of them before
-their rotation is computed. A point's evaluations compute these bounds only while
-they can drop a component (near the noise end every component counts). None of this
-changes a bit of the result: a dropped component would get weight 0 anyway.
-
-Measured (``benchmarks/truth_bench.py``, 2 threads): about 54k points/s on ring8 and
-9.4-10k on random16d at the default tolerance.
-
-Only values (no tangents) on CPU; ``ode.py`` falls back to the torch solver for
-tangents, other devices, product mixtures, or when numba is not installed.
+In the eigenbasis of ``S_k``: ``Y_k = Q_k^T y - (1-tau) Q_k^T mu_k``,
+``c_k = (1-tau)^2 lam_k + tau^2``, ``logit_k = log w_k - (sum Y_k^2 / c_k + sum log c_k) / 2``,
+``v = sum_k pi_k [Q_k ((tau - (1-tau) lam_k) / c_k * Y_k) - mu_k]`` (``truth.fields``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import threading
 
 import numpy as np
 import torch
 
-from mfverify.truth import solver
-
-try:  # numba is a declared dependency; the torch route still works without it
-    import numba
-    from numba import literally, njit, prange
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-    numba = None
-else:
-    # The study runs in forked processes, and GNU OpenMP (numba's 'omp' layer here)
-    # deadlocks in a child forked after its pool started: ask for a fork-safe layer
-    # unless the user chose one. The workqueue layer this may pick is not thread-safe,
-    # so calls into the kernel are serialised by _LOCK.
-    if "NUMBA_THREADING_LAYER" not in os.environ:
-        numba.config.THREADING_LAYER = "forksafe"
-_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _slp_vectorization():
-    """numba compiles lazily, inside the first call: compile the kernel with LLVM's SLP
-    vectoriser, which packs the independent accumulator chains of the rotations into
-    SIMD registers (random16d about 1.5x faster). numba leaves SLP off by default
-    (numba#8705: miscompilations elsewhere); the kernel's results are checked against
-    the torch solver by the tests, and SLP without fast-math does not reorder any sum,
-    so the bits equal those of the scalar build. Only the kernel's own compilation
-    sees the setting (callers hold _LOCK)."""
-    saved = numba.config.SLP_VECTORIZE
-    numba.config.SLP_VECTORIZE = int(SLP)
-    try:
-        yield
-    finally:
-        numba.config.SLP_VECTORIZE = saved
-
-__all__ = ["available", "average_velocity", "velocity"]
-
-_A = np.ascontiguousarray(solver._A.numpy())
-_B = np.ascontiguousarray(solver._B.numpy())
-_C = np.ascontiguousarray(solver._C.numpy())
-_E3 = np.ascontiguousarray(solver._E3.numpy())
-_E5 = np.ascontiguousarray(solver._E5.numpy())
-SPECIALISE_D = 2  # dimensions up to this get a solver compiled for their d (short loops unroll; cached)
-_BLOCK = 32  # points per parallel work item
-_SMALL_D = 4  # up to this d the solver's stage sums run one coordinate at a time (in registers)
-SLP = True  # compile with LLVM's SLP vectoriser (see _slp_vectorization); a test compares both builds
-_SKIP_LOGIT = 50.0  # components with logit < max - 50 carry weight < 2e-22: left out
-_BOUND_MARGIN = 10.0  # logit bounds are skipped after an evaluation whose logits all lay above max - 40
-
-# step control (beta, safety, min factor, max factor), as solver.solve
-CONTROL = (solver.PI_BETA, solver._SAFETY, solver._MIN_FACTOR, solver._MAX_FACTOR)
-
-# how the log-determinant enters the logits
-_LOGDET_CANCELS = 0  # every component has the same spectrum: it cancels in the softmax
-_LOGDET_PRODUCT = 1  # log of the product over coordinates, which stays in range
-_LOGDET_SUM = 2  # sum of logs (singular or extreme spectra)
-
-# layouts of the covariances
-_SHARED = 0  # diagonal, the same for every component
-_DIAG = 1  # diagonal
-_FULL = 2  # full: rotations by the eigenbases
-
-# status codes per point
-OK, TOO_MANY_STEPS, STEP_UNDERFLOW = 0, 1, 2
-
-
-def available() -> bool:
-    return numba is not None
-
+from mfverify.truth.compiled.numba_setup import (_BOUND_MARGIN, _DIAG, _FULL, _LOCK, _LOGDET_CANCELS, _LOGDET_PRODUCT,
+                                                 _LOGDET_SUM, _SHARED, _SKIP_LOGIT, _slp_vectorization, numba)
 
 if numba is not None:
+    from numba import njit
 
     # No fast-math anywhere: with reassociation LLVM vectorised the dot products, but the
     # bits then depended on how a function was compiled (a fresh compile and numba's
@@ -581,184 +493,6 @@ if numba is not None:
                     out[row, i] += a0 - p * MK[k, i]
                     i += 1
 
-    @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-    def _rhs(s, z, x, r, t, KT, MK, QQ, layout, logdet_mode, S, oy, out, row, D):
-        """dz/ds = v(x - (t - r) z, t - s (t - r)) into ``out[row]`` (y goes to ``S[oy:oy + D]``)."""
-        h = t - r
-        for i in range(D):
-            S[oy + i] = x[i] - h * z[i]
-        _velocity(t - s * h, KT, MK, QQ, layout, logdet_mode, S, out, row, D)
-
-    @njit(cache=True, nogil=True, error_model="numpy")
-    def _solve_point(x, r, t, h_max, rtol, atol, max_steps, ctrl, args, tab, S, ybuf, k_stages, ynew, ytmp, out, D):
-        """Integrate z from s = 0 to 1 for one point; z(1) into ``out``.
-
-        ``k_stages`` (14, d): the 13 stages, and a last row for the initial-step probe.
-        Rows are indexed, never sliced (a slice costs reference counting).
-        Returns (status, accepted, rejected, f evaluations)."""
-        A, B, C, E3, E5 = tab
-        beta, safety, fac_min, fac_max = ctrl
-        # unpacked once per point: unpacking arrays from a tuple costs reference counting
-        KT, MK, QQ, layout, logdet_mode = args
-        d = D
-        oy = _scratch_offsets(MK.shape[0] // 3, d)[2]
-        S[oy + d] = 1.0  # a new point: logit bounds on
-        n_stages = B.shape[0]
-        y = out
-        for i in range(d):
-            y[i] = 0.0
-        s = 0.0
-        F1 = n_stages + 1  # row of the initial-step probe
-        _rhs(s, y, x, r, t, KT, MK, QQ, layout, logdet_mode, S, oy, k_stages, 0, D)
-        evals = 1
-        # initial step (Hairer et al. §II.4), as solver._initial_step
-        d0 = 0.0
-        d1 = 0.0
-        for i in range(d):
-            sc = atol + rtol * abs(y[i])
-            d0 += (y[i] / sc) ** 2
-            d1 += (k_stages[0, i] / sc) ** 2
-        d0 = math.sqrt(d0 / d)
-        d1 = math.sqrt(d1 / d)
-        if d0 < 1e-5 or d1 < 1e-5:
-            h0 = 1e-6
-        else:
-            h0 = 0.01 * d0 / d1
-        h0 = min(h0, 1.0)
-        for i in range(d):
-            ytmp[i] = y[i] + h0 * k_stages[0, i]
-        _rhs(s + h0, ytmp, x, r, t, KT, MK, QQ, layout, logdet_mode, S, oy, k_stages, F1, D)
-        evals += 1
-        d2 = 0.0
-        for i in range(d):
-            sc = atol + rtol * abs(y[i])
-            d2 += ((k_stages[F1, i] - k_stages[0, i]) / sc) ** 2
-        d2 = math.sqrt(d2 / d) / h0
-        big = max(d1, d2)
-        if big <= 1e-15:
-            h1 = max(h0 * 1e-3, 1e-6)
-        else:
-            h1 = (0.01 / max(big, 1e-300)) ** (1.0 / 8.0)
-        h = h1 if d0 < 1e-5 else min(100 * h0, h1)
-        h = min(max(h, 1e-12), 1.0)
-        h = min(h, h_max)
-
-        err_old = 1e-4
-        accepted = 0
-        rejected = 0
-        steps = 0
-        while True:
-            h = min(h, 1.0 - s)
-            # stage sums; for larger d with the point's coordinates innermost (independent,
-            # so they vectorise). Either way each sums over the stages j in order: the same bits
-            for st in range(1, n_stages):
-                if d <= _SMALL_D:
-                    for i in range(d):
-                        acc = 0.0
-                        for j in range(st):
-                            acc += A[st, j] * k_stages[j, i]
-                        ytmp[i] = y[i] + h * acc
-                else:
-                    for i in range(d):
-                        ytmp[i] = 0.0
-                    for j in range(st):
-                        a = A[st, j]
-                        for i in range(d):
-                            ytmp[i] += a * k_stages[j, i]
-                    for i in range(d):
-                        ytmp[i] = y[i] + h * ytmp[i]
-                _rhs(s + C[st] * h, ytmp, x, r, t, KT, MK, QQ, layout, logdet_mode, S, oy, k_stages, st, D)
-            for i in range(d):
-                ynew[i] = 0.0
-            for j in range(n_stages):
-                b = B[j]
-                for i in range(d):
-                    ynew[i] += b * k_stages[j, i]
-            for i in range(d):
-                ynew[i] = y[i] + h * ynew[i]
-            last = h >= 1.0 - s
-            s_new = 1.0 if last else s + h
-            _rhs(s_new, ynew, x, r, t, KT, MK, QQ, layout, logdet_mode, S, oy, k_stages, n_stages, D)
-            evals += n_stages
-            # error estimates: the combinations as above (ytmp and ybuf hold them)
-            for i in range(d):
-                ytmp[i] = 0.0
-                ybuf[i] = 0.0
-            for j in range(n_stages + 1):
-                c5 = E5[j]
-                c3 = E3[j]
-                for i in range(d):
-                    ytmp[i] += c5 * k_stages[j, i]
-                    ybuf[i] += c3 * k_stages[j, i]
-            e5 = 0.0
-            e3 = 0.0
-            for i in range(d):
-                sc = atol + rtol * max(abs(y[i]), abs(ynew[i]))
-                e5 += (ytmp[i] / sc) ** 2
-                e3 += (ybuf[i] / sc) ** 2
-            denom = (e5 + 0.01 * e3) * d
-            err = h * e5 / math.sqrt(max(denom, 1e-300)) if denom > 0 else 0.0
-            finite = math.isfinite(err)
-            ok = finite and err <= 1.0
-            if err == 0.0:
-                factor = fac_max
-            elif not finite:
-                factor = fac_min
-            else:
-                pi = max(err, 1e-300) ** (-1.0 / 8.0 + 0.2 * beta) * err_old**beta
-                factor = min(max(safety * pi, fac_min), fac_max)
-            if not ok:
-                factor = min(factor, 1.0)
-            steps += 1
-            if ok:
-                accepted += 1
-                s = s_new
-                for i in range(d):
-                    y[i] = ynew[i]
-                    k_stages[0, i] = k_stages[n_stages, i]
-                err_old = max(err, 1e-4)
-            else:
-                rejected += 1
-            h = min(h * factor, h_max)
-            if ok and last:
-                return OK, accepted, rejected, evals
-            if steps > max_steps:
-                return TOO_MANY_STEPS, accepted, rejected, evals
-            if h <= 1e-15:
-                return STEP_UNDERFLOW, accepted, rejected, evals
-
-    @njit(cache=True, parallel=True, error_model="numpy")
-    def _solve_all(x, r, t, h_max, rtol, atol, max_steps, ctrl, args, tab, out, info, D):
-        n = x.shape[0]
-        d = D
-        K = args[1].shape[0] // 3
-        n_stages = tab[1].shape[0]
-        n_blocks = (n + _BLOCK - 1) // _BLOCK
-        # Block b takes points b, b + n_blocks, ...: every block a fair sample, so the
-        # static split of blocks over threads stays balanced however costs are ordered.
-        for b in prange(n_blocks):  # scratch allocated once per block
-            S = np.empty((2 * K + 1) * d + 3 * K + 1)
-            ybuf = np.empty(d)
-            k_stages = np.empty((n_stages + 2, d))
-            ynew = np.empty(d)
-            ytmp = np.empty(d)
-            for p in range(b, n, n_blocks):
-                status, acc, rej, ev = _solve_point(
-                    x[p], r[p], t[p], h_max[p], rtol, atol, max_steps, ctrl, args, tab, S, ybuf, k_stages,
-                    ynew, ytmp, out[p], D,
-                )
-                info[p, 0] = status
-                info[p, 1] = acc
-                info[p, 2] = rej
-                info[p, 3] = ev
-
-
-    @njit(cache=True)
-    def _solve_all_small_d(x, r, t, h_max, rtol, atol, max_steps, ctrl, args, tab, out, info, D):
-        """``_solve_all`` compiled for the value of D (d <= SPECIALISE_D): short loops unroll."""
-        _solve_all(x, r, t, h_max, rtol, atol, max_steps, ctrl, args, tab, out, info, literally(D))
-
-
     @njit(cache=True)
     def _velocity_many(y, tau, args, out):
         KT, MK, QQ, layout, logdet_mode = args
@@ -819,38 +553,3 @@ def _mixture_arrays(gm):
     args = (KT, MK, QQ, layout, logdet_mode)
     gm._kernel_args = args
     return args
-
-
-def average_velocity(gm, x, r, t, h_max, *, rtol, atol, max_steps=100_000, stats=None):
-    """``z(1) = u(x, r, t)`` (n, d) for CPU float64 tensors; same contract as ``solver.solve``."""
-    n, d = x.shape
-    out = np.zeros((n, d))
-    if n == 0:
-        return torch.from_numpy(out)
-    info = np.zeros((n, 4), dtype=np.int64)
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    tab = (_A, _B, _C, _E3, _E5)
-    solve = _solve_all_small_d if d <= SPECIALISE_D else _solve_all
-    with _LOCK, _slp_vectorization():
-        numba.set_num_threads(threads)
-        solve(
-            np.ascontiguousarray(x.numpy()), np.ascontiguousarray(r.numpy()), np.ascontiguousarray(t.numpy()),
-            np.ascontiguousarray(h_max.numpy()), float(rtol), float(atol), int(max_steps), CONTROL,
-            _mixture_arrays(gm), tab, out, info, d,
-        )
-    if stats is not None:
-        stats.points += n
-        stats.accepted += int(info[:, 1].sum())
-        stats.rejected += int(info[:, 2].sum())
-        stats.max_steps = max(stats.max_steps, int((info[:, 1] + info[:, 2]).max()))
-        stats.point_evals += int(info[:, 3].sum())
-    bad = np.nonzero(info[:, 0] != OK)[0]
-    if bad.size:
-        first = int(bad[0])
-        if info[first, 0] == TOO_MANY_STEPS:
-            raise RuntimeError(f"ODE solver exceeded max_steps={max_steps} at {bad.size} points (first: {first})")
-        raise RuntimeError(
-            f"ODE step size underflowed at {bad.size} points (first: {first}): "
-            "the right-hand side is singular or not finite there"
-        )
-    return torch.from_numpy(out)

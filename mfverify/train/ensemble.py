@@ -36,6 +36,8 @@ from tqdm import tqdm
 
 from mfverify import objectives
 from mfverify.cases import get_case
+from mfverify.train.loop import (DTYPES, TrainResult, _batches, _loss_check_interval, build_model, objective_options,
+                                 optimizer, resolve_device)
 
 
 def _key(name: str) -> str:
@@ -113,9 +115,6 @@ class Ensemble(nn.Module):
 def train_ensemble(cfgs, progress: bool = True):
     """Train the configurations ``cfgs`` (equal but for ``seed``) as one ensemble; one
     ``TrainResult`` per member, in order (see the module docstring)."""
-    from mfverify.train import (DTYPES, TrainResult, _batches, _loss_check_interval, build_model, objective_options,
-                                optimizer, resolve_device)
-
     cfgs = list(cfgs)
     if not cfgs:
         raise ValueError("train_ensemble needs at least one configuration")

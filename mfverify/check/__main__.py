@@ -1,0 +1,7 @@
+"""``python -m mfverify.check LOSS ...`` (the same as ``mfverify check LOSS ...``)."""
+
+import sys
+
+from mfverify.check.battery import main
+
+sys.exit(main())

@@ -1,0 +1,16 @@
+"""Networks ``u_theta(x, r, t)``, all safe under ``torch.func`` (``jvp``, ``vmap``).
+
+``mlp``: the default ``MeanFlowMLP`` and its time features; ``conditioned``: labels
+bound to a class-conditional network; ``build``: the registry of network builders
+(``networks``, ``build_network``, ``network_options``). A new network (a conv U-Net)
+is a module here, registered in ``build``.
+
+Imports: ``mfverify.registry`` only; a network knows no objective, case or truth.
+"""
+
+from mfverify.nets.build import build_network, network_options, networks
+from mfverify.nets.conditioned import NO_LABEL, Conditioned
+from mfverify.nets.mlp import TIME_FEATURES, TIME_INPUTS, MeanFlowMLP, TimeFeatures
+
+__all__ = ["MeanFlowMLP", "TimeFeatures", "TIME_INPUTS", "TIME_FEATURES", "NO_LABEL", "Conditioned", "networks",
+           "network_options", "build_network"]
