@@ -111,3 +111,17 @@ def test_an_ensemble_study_is_deterministic_and_within_the_solo_seed_spread(tmp_
         e, s = one(ens_rows), one(solo_rows)
         spread = statistics.stdev(s)
         assert all(abs(x - y) <= spread for x, y in zip(e, s)), (method, e, s)
+
+
+def test_an_objective_drawing_from_the_global_generator_is_trained_seed_by_seed_as_its_solo_runs():
+    """split_mf draws lambda ~ U(0, 1) from torch's global generator: members sharing that stream
+    would not draw their solo runs' numbers, so train_ensemble trains them one by one, bit for bit."""
+    cfgs = _cfgs("split_mf", seeds=(0, 1))
+    ens = train_ensemble(cfgs, progress=False)
+    assert [m.ensemble for m in ens] == [1, 1]
+    for cfg, member in zip(cfgs, ens):
+        solo = train(cfg, progress=False)
+        assert member.losses == solo.losses
+        for a, b in zip(member.ema.state_dict().values(), solo.ema.state_dict().values()):
+            assert torch.equal(a, b)
+    assert [m.ensemble for m in train_ensemble(_cfgs("fm", seeds=(0, 1)), progress=False)] == [2, 2]

@@ -12,12 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
 from mfverify.study.config import load_study, with_objectives
 from mfverify.study.executors import make_executor
-from mfverify.study.runner import run_study
+from mfverify.study.runner import StudyInterrupted, run_study
 from tests.test_registry import TINY, plugin  # noqa: F401  (the plugin fixture)
 
 PORT = 6391
@@ -96,3 +97,33 @@ def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r'pip install -e "\.\[ray\]"'):
         run_study(load_study("objectives_compare", preset="quick"), tmp_path / "c", executor="ray")
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("address, message", [("127.0.0.1:1", "no Ray cluster answers there"),
+                                              ("nonsense", "expected auto or HOST:PORT")])
+def test_a_ray_address_that_does_not_answer_fails_fast_and_writes_nothing(tmp_path, address, message):
+    """Nothing listens on port 1: the command exits 2 within seconds (Ray alone retried for minutes),
+    before --out exists, with no lock left; a malformed address likewise."""
+    out = tmp_path / "out"
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "mfverify.study", "objectives_compare", "--preset", "quick",
+                          "--executor", "ray", "--address", address, "--out", str(out), "--no-progress"],
+                         capture_output=True, text=True, timeout=120, env=ENV)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert time.monotonic() - start < 60
+    assert not out.exists()
+
+
+def test_a_resume_keeps_the_ensemble_setting_of_the_study(tmp_path):
+    study = load_study("objectives_compare", preset="quick")
+    study = replace(study, study=replace(study.study, objectives=("fm",), seeds=2),
+                    train=replace(study.train, steps=20))
+    out = tmp_path / "s"
+    with pytest.raises(StudyInterrupted):
+        run_study(study, out, progress=False, stop_after=1)
+    with pytest.raises(ValueError, match="run without --ensemble; resume it without --ensemble"):
+        run_study(study, out, progress=False, resume=True, ensemble=True)
+    assert not (out / "runs" / "ring8" / "fm" / "seed1" / "run.json").exists()  # refused before any work
+    run_study(study, out, progress=False, resume=True)
+    assert (out / "runs" / "ring8" / "fm" / "seed1" / "run.json").exists()

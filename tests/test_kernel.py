@@ -250,3 +250,26 @@ def test_tangent_kernel_runs_inside_a_torch_func_transform():
     _, du = torch.func.jvp(lambda a: model(a, r, t), (x,), (dx,))
     J = truth.average_velocity_jacobian(m, x, r, t)
     assert torch.allclose(du, torch.einsum("nab,nb->na", J, dx), rtol=0, atol=1e-12)
+
+
+def test_the_compiled_packages_numba_caches_are_dropped_together_when_a_source_changes(tmp_path):
+    """numba checks a cached kernel against its own file only; stepper.py inlines field.py, so an
+    edit of either must drop both builds (truth/compiled/__init__.py)."""
+    from mfverify.truth.compiled import _drop_stale_caches
+
+    (tmp_path / "field.py").write_text("x = 1\n")
+    (tmp_path / "stepper.py").write_text("y = 2\n")
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    builds = [cache / "stepper._solve_all-10.py311.nbi", cache / "stepper._solve_all-10.py311.1.nbc"]
+    for b in builds:
+        b.write_text("build")
+    _drop_stale_caches(tmp_path)  # no stamp yet: builds of unknown sources go
+    assert not any(b.exists() for b in builds)
+    for b in builds:
+        b.write_text("build")
+    _drop_stale_caches(tmp_path)  # the sources are those the stamp records: kept
+    assert all(b.exists() for b in builds)
+    (tmp_path / "field.py").write_text("x = 10\n")  # an edit of the inlined module
+    _drop_stale_caches(tmp_path)
+    assert not any(b.exists() for b in builds)

@@ -11,8 +11,8 @@ Every relative trains the diagonal ``r = t`` by flow matching.
   ``|U - sg[lambda u_theta(x_t, s, t) + (1 - lambda) u_theta(y, r, s)]|^2``: the
   interval-splitting identity ``(t - r) u(r, t) = (t - s) u(s, t) + (s - r) u(r, s)``,
   no JVP. ``lam`` fixes lambda (``lam = 0.5`` is ``shortcut``); by default it is drawn
-  per sample from torch's global generator (so under ``--ensemble`` a member's draws
-  are not its solo run's).
+  per sample from torch's global generator (so ``--ensemble`` trains its seeds one by
+  one: members sharing one stream would not draw what their solo runs draw).
 - ``modular_mf(lam)``: ``|U + (t - r) [lam D[v_c] + (1 - lam) sg(D[v_c])] - v_c|^2``;
   ``lam = 0`` is ``mf``, ``lam = 1`` is ``mf_nosg`` (the gradient through the tangent).
 - ``mf_cv(beta)``: ``mf`` with the tangent ``a = beta v_c + (1 - beta) sg(u_theta(x_t, t, t))``:

@@ -62,7 +62,7 @@ def execute(study: Study, job: Job, truth_blob: dict, progress: bool = False, mo
                 "final_loss": result.final_loss,
                 "diverged_step": "" if result.diverged_step is None else result.diverged_step,
                 "device": str(device),
-                "ensemble": len(cfgs),
+                "ensemble": result.ensemble,
             }
             if name != job.objective:
                 record["same_run_as"] = job.objective  # trained once, under the first name

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -77,6 +78,28 @@ class Processes:
         self.pool.shutdown(cancel_futures=True)
 
 
+CONNECT_TIMEOUT = 10.0  # seconds for a Ray address to accept a connection
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """A Ray cluster's address: ``auto`` (the cluster this machine's ``ray start`` runs) or
+    ``HOST:PORT`` (``ray://HOST:PORT`` for Ray Client), whose port must accept a connection
+    within ``timeout`` seconds: Ray itself retries an address where nothing listens for
+    minutes before it gives up."""
+    if address == "auto":
+        return
+    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--address {address!r}: expected auto or HOST:PORT (a Ray cluster's head, e.g. 127.0.0.1:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        reason = "no answer" if isinstance(err, socket.timeout) else (err.strerror or str(err))
+        raise ValueError(f"--address {address}: no Ray cluster answers there ({reason} within {timeout:g} s); "
+                         "start one with `ray start --head` or omit --address for a local cluster") from None
+
+
 def import_ray():
     try:
         import ray
@@ -97,10 +120,14 @@ class Ray:
         kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": "warning",
                   "runtime_env": runtime_env}
         self.owns_cluster = address is None
-        if self.owns_cluster:
-            ray.init(address="local", num_cpus=jobs, **kwargs)  # "local": a new cluster, never a running one
-        else:
-            ray.init(address=address, **kwargs)
+        try:
+            if self.owns_cluster:
+                ray.init(address="local", num_cpus=jobs, **kwargs)  # "local": a new cluster, never a running one
+            else:
+                ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            where = "a local Ray cluster" if self.owns_cluster else f"the Ray cluster at {address}"
+            raise ValueError(f"could not start or join {where}: {err}") from None
         resources = {"num_cpus": 1, "max_retries": RAY_RETRIES}
         if gpu:
             resources["num_gpus"] = 1.0 / max(jobs, 1)

@@ -22,10 +22,11 @@ from mfverify.study.environment import environment
 from mfverify.study.evaluate import run_baselines
 from mfverify.study.exact import load_truth, prepare_field_grid, prepare_guided, prepare_truth
 from mfverify.study.execute import registered_modules
-from mfverify.study.executors import EXECUTORS, import_ray, make_executor
+from mfverify.study.executors import EXECUTORS, check_address, import_ray, make_executor
 from mfverify.study.plan import plan
 from mfverify.study.report import assemble
-from mfverify.study.store import StudyLock, check_out, record_environment, remove_stale_temporaries, run_dir, store
+from mfverify.study.store import (StudyLock, check_ensemble_setting, check_out, record_environment,
+                                  remove_stale_temporaries, run_dir, store)
 from mfverify.train import resolve_device
 
 
@@ -53,25 +54,38 @@ def run_study(
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if address is not None and executor != "ray":
         raise ValueError(f"address {address!r} is a Ray cluster's: it needs executor 'ray'")
-    if executor == "ray":
-        import_ray()  # missing: a clear error before anything is written
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
+    if executor == "ray":
+        import_ray()  # missing: a clear error before anything is written
+        if address is not None:
+            check_address(address)  # nothing answering: a clear error in seconds, not a hang
     check_runs(study, study.source or "study")
     config_text = to_toml(study, header=f"resolved configuration of study {study.study.name} ({study.source})")
     check_out(out, config_text, resume)
-    out.mkdir(parents=True, exist_ok=True)
-    with StudyLock(out):
-        check_out(out, config_text, resume)  # again, now that no one else writes here
-        remove_stale_temporaries(out)
-        if not (out / "config.toml").exists():
-            write_text(out / "config.toml", config_text)
-        record_environment(out, environment(study))
-        _run_locked(study, out, jobs, progress, stop_after, start_method, executor, address, ensemble)
+    check_ensemble_setting(out, ensemble)
+    if executor is None:
+        executor = "serial" if jobs <= 1 else "processes"
+    gpu = resolve_device(study.train.device).type == "cuda"
+    modules = tuple(registered_modules())
+    # the executor first (a Ray cluster joined or started): one that fails leaves --out untouched
+    pool = make_executor(executor, jobs=jobs, start_method=start_method, gpu=gpu, modules=modules, address=address)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with StudyLock(out):
+            check_out(out, config_text, resume)  # again, now that no one else writes here
+            check_ensemble_setting(out, ensemble)
+            remove_stale_temporaries(out)
+            if not (out / "config.toml").exists():
+                write_text(out / "config.toml", config_text)
+            record_environment(out, {**environment(study), "ensemble": bool(ensemble)})
+            _run_locked(study, out, pool, modules, progress, stop_after, executor == "serial", ensemble)
+    finally:
+        pool.close()
     return out
 
 
-def _run_locked(study, out, jobs, progress, stop_after, start_method, executor=None, address=None, ensemble=False):
+def _run_locked(study, out, pool, modules, progress, stop_after, serial, ensemble=False):
     cases = list(study.study.cases)
     for i, case in enumerate(tqdm(cases, desc="exact maps", disable=not progress, leave=False)):
         prepare_truth(study, out, i, case)
@@ -84,24 +98,16 @@ def _run_locked(study, out, jobs, progress, stop_after, start_method, executor=N
     total = len(study.study.runs())
     pending = sum(1 for case, obj, seed in study.study.runs() if not (run_dir(out, case, obj, seed) / "run.json").exists())
     bar = tqdm(total=total, initial=total - pending, desc="runs", disable=not progress)
-    if executor is None:
-        executor = "serial" if jobs <= 1 else "processes"
-    gpu = resolve_device(study.train.device).type == "cuda"
-    modules = tuple(registered_modules())
-    pool = make_executor(executor, jobs=jobs, start_method=start_method, gpu=gpu, modules=modules, address=address)
     truths = {case: load_truth(out, case, study) for case in cases}
-    solo_progress = progress and executor == "serial"
+    solo_progress = progress and serial
     done = 0
-    try:
-        for outputs in pool.run((study, job, truths[job.case], solo_progress, modules) for job in todo):
-            for output in outputs:
-                store(out, output)
-                bar.update()
-                done += 1
-            if stop_after is not None and done >= stop_after:
-                raise StudyInterrupted(f"stopped after {done} runs")
-    finally:
-        pool.close()
+    for outputs in pool.run((study, job, truths[job.case], solo_progress, modules) for job in todo):
+        for output in outputs:
+            store(out, output)
+            bar.update()
+            done += 1
+        if stop_after is not None and done >= stop_after:
+            raise StudyInterrupted(f"stopped after {done} runs")
     bar.close()
     assemble(study, out)
     if study.study.report:

@@ -118,6 +118,21 @@ def check_out(out: Path, config_text: str, resume: bool) -> None:
                          "resume with the same settings")
 
 
+def check_ensemble_setting(out: Path, ensemble: bool) -> None:
+    """A study resumes with the ``--ensemble`` setting it was started with (``env.json``)."""
+    first = out / "env.json"
+    if not first.is_file():
+        return
+    try:
+        was = bool(json.loads(first.read_text()).get("ensemble", False))
+    except (OSError, ValueError):
+        return
+    if was != bool(ensemble):
+        flag = "with" if was else "without"
+        raise ValueError(f"{out} was run {flag} --ensemble; resume it {flag} --ensemble (the setting of a study "
+                         "does not change midway)")
+
+
 def _first_difference(old: str, new: str) -> str:
     """The first differing setting, as ``[section] key: old -> new``."""
     section = ""

@@ -475,11 +475,11 @@ def stability(objective, case: str, law: str = "logit_normal(-0.4, 1)", n_points
 
 
 def main(argv=None) -> int:
-    """``python -m mfverify.theory.stability [--case ring8] [--points N] [--features P]``: the table of C12."""
+    """``python -m mfverify.stability [--case ring8] [--points N] [--features P]``: the table of C12."""
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m mfverify.theory.stability", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mfverify.stability", description=main.__doc__)
     parser.add_argument("--case", default="ring8")
     parser.add_argument("--objectives", default="mf,mf_sg,shortcut")
     parser.add_argument("--points", type=int, default=500)

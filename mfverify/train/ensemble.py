@@ -20,13 +20,18 @@ not ``k * n`` rows is an error.
 draw, optimiser state and EMA, exactly as ``train(cfg)`` gives them; the Adam and
 EMA updates are elementwise, so one optimiser over the stacked parameters is k
 independent optimisers. It returns one ``TrainResult`` per member, each with its
-own modules, as ``train`` does.
+own modules, as ``train`` does. The members agree with their solo runs to float
+round-off, not bit for bit (a batched product rounds as it rounds). An objective whose
+loss draws from torch's global generator (``split_mf``, ``psd``: lambda ~ U(0, 1))
+would have the members share one stream: its seeds are trained one by one instead
+(``TrainResult.ensemble`` = 1), exactly as their solo runs.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import replace
 
@@ -37,7 +42,7 @@ from tqdm import tqdm
 from mfverify import objectives
 from mfverify.cases import get_case
 from mfverify.train.loop import (DTYPES, TrainResult, _batches, _loss_check_interval, build_model, objective_options,
-                                 optimizer, resolve_device)
+                                 optimizer, resolve_device, train)
 
 
 def _key(name: str) -> str:
@@ -154,7 +159,15 @@ def train_ensemble(cfgs, progress: bool = True):
     bar = tqdm(total=first.steps, desc=f"{first.case}/{first.objective}/ensemble{k}", disable=not progress, leave=False)
     for step, batches in enumerate(zip(*streams)):
         x0, x1, r, t = (torch.cat(parts) for parts in zip(*batches))
+        before = _global_rng_states(device) if step == 0 else None
         per = objective.per_sample(ens, x0, x1, r, t, **objective.options_at(step, first.steps, options))
+        if before is not None and _changed(before, _global_rng_states(device)):
+            # the loss draws its own numbers from torch's global generator: k members would
+            # share one stream, each drawing what its solo run never drew. Train them one by one.
+            bar.close()
+            print(f"{first.case}/{first.objective}: its loss draws from torch's global generator, so its seeds are "
+                  "trained one by one (as their solo runs, bit for bit), not as one ensemble", file=sys.stderr)
+            return [train(cfg, progress=progress) for cfg in cfgs]
         member_loss = per.view(k, -1).mean(1)
         pending.append(member_loss.detach())
         if len(pending) == check_every or step == first.steps - 1:
@@ -196,5 +209,17 @@ def train_ensemble(cfgs, progress: bool = True):
         model, ema = copy.deepcopy(models[i]), copy.deepcopy(models[i]).requires_grad_(False)
         model.load_state_dict({**dict(zip(names, member_p)), **buffers})
         ema.load_state_dict({**dict(zip(names, member_e)), **buffers})
-        results.append(TrainResult(model=model, ema=ema, losses=losses[i], diverged_step=diverged[i], wall_seconds=wall))
+        results.append(TrainResult(model=model, ema=ema, losses=losses[i], diverged_step=diverged[i], wall_seconds=wall,
+                                   ensemble=k))
     return results
+
+
+def _global_rng_states(device) -> list:
+    states = [torch.random.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+def _changed(before: list, after: list) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, after))

@@ -118,6 +118,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     diverged_step: int | None = None
     wall_seconds: float = 0.0
+    ensemble: int = 1  # members trained together with this one (train_ensemble), itself included
 
     @property
     def final_loss(self) -> float:

@@ -45,12 +45,11 @@ import os
 from pathlib import Path
 
 
-def _drop_stale_caches() -> None:
+def _drop_stale_caches(here: Path = Path(__file__).parent) -> None:
     """Remove this package's numba cache files (``__pycache__/*.nbi, *.nbc``) unless they were
     written for the present sources (a stamp of every source's mtime and size). A folder
     that cannot be written is left alone (numba then caches elsewhere, per user, and an
     installed package's sources do not change)."""
-    here = Path(__file__).parent
     stamp = ";".join(f"{p.name}:{p.stat().st_mtime_ns}:{p.stat().st_size}" for p in sorted(here.glob("*.py")))
     cache = here / "__pycache__"
     marker = cache / "numba-sources.stamp"
