@@ -166,6 +166,11 @@ def test_cli_exit_status_is_one_when_a_check_fails(capsys):
         (["tests.test_check:_numpy_loss"], "got ndarray"),
         (["tests.test_check:_nan_loss"], "returned non-finite values"),
         (["tests.test_check:_too_few_arguments"], r"takes \(model, x0, x1, r, t\)"),
+        (["tests.test_check:_raises"], r"loss '.*_raises' raised KeyError: 'boom'"),
+        (["tests.test_check:_detached"], "returned a tensor without a gradient"),
+        (["tests.test_check:_integer"], "returned a torch.int64 tensor"),
+        (["tests.test_check:_float32"], "returned torch.float32 on torch.float64 inputs"),
+        (["tests.test_check:_in_place"], "changed its input t in place"),
     ],
 )
 def test_bad_input_is_a_usage_error_naming_what_was_expected(argv, pattern, capsys):
@@ -188,6 +193,60 @@ def _nan_loss(model, x0, x1, r, t):
 
 def _too_few_arguments(model, x0, x1):
     return (model(x0, x0[:, 0], x0[:, 0]) - x1).square().sum(1)
+
+
+def _raises(model, x0, x1, r, t):
+    raise KeyError("boom")
+
+
+def _fm(model, x0, x1, r, t):
+    x_t = (1 - t[:, None]) * x0 + t[:, None] * x1
+    return (model(x_t, t, t) - (x1 - x0)).square().sum(1)
+
+
+def _detached(model, x0, x1, r, t):
+    return _fm(model, x0, x1, r, t).detach()
+
+
+def _integer(model, x0, x1, r, t):
+    return _fm(model, x0, x1, r, t).long()
+
+
+def _float32(model, x0, x1, r, t):
+    return _fm(model, x0, x1, r, t).float()
+
+
+def _in_place(model, x0, x1, r, t):
+    loss = _fm(model, x0, x1, r, t)
+    t.clamp_(min=0.5)  # a loss that edits its inputs
+    return loss
+
+
+def test_json_is_refused_before_any_work_where_it_cannot_be_written_or_would_replace_a_users_file(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    assert check.main(["fm", "--json", str(blocker / "report.json"), "--no-progress"]) == 2
+    assert "does not exist or is not a folder" in capsys.readouterr().err
+    assert check.main(["fm", "--json", str(blocker), "--no-progress"]) == 2
+    assert "is not an earlier check report" in capsys.readouterr().err
+    assert blocker.read_text() == "mine"
+    report = tmp_path / "report.json"
+    assert check.main(["fm", "--cases", "gauss2d_aniso", "--json", str(report), "--no-progress"]) == 0
+    assert check.main(["fm", "--cases", "gauss2d_aniso", "--json", str(report), "--no-progress"]) == 0  # a report
+    assert json.loads(report.read_text())["passed"] is True
+    assert check.main(["fm", "--cases", "gauss2d_aniso", "--json", str(blocker), "--force", "--no-progress"]) == 0
+    assert json.loads(blocker.read_text())["loss"] == "fm"
+
+
+@pytest.mark.parametrize("kwargs, error, pattern", [
+    ({"cases": "ring8"}, TypeError, r"a list of case names, got the string 'ring8'"),
+    ({"n_points": 0}, ValueError, "n_points must be a positive int"),
+    ({"seed": "0"}, TypeError, "seed must be an int"),
+    ({"n_samples": 2.5}, TypeError, "n_samples must be an int"),
+])
+def test_run_refuses_bad_arguments_naming_them(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        check.run("mf", **kwargs)
 
 
 def test_console_script_and_module_entry(tmp_path):

@@ -2,6 +2,9 @@
 linearisations of docs/MATH.md §7: the generic computation (autograd inside, a central
 difference outside, sigma points over v_c) must reproduce L for mf, mf_sg and shortcut."""
 
+import math
+import re
+
 import pytest
 import torch
 
@@ -211,5 +214,50 @@ def test_cli_refuses_a_bad_network_checkpoint(tmp_path, capsys):
 
     bad = tmp_path / "not_a_checkpoint.pt"
     bad.write_text("garbage")
-    assert main(["--network", str(bad), "--points", "4"]) == 2
+    assert main(["--network", str(bad), "--points", "4", "--features", "2"]) == 2
     assert "not a readable mfverify checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["--points", "0"], "n_points must be a positive int, got 0"),
+    (["--points", "-5"], "n_points must be a positive int, got -5"),
+    (["--scale-x", "nan"], "scale_x must be a finite number > 0, got nan"),
+    (["--boot", "0"], "n_boot must be a positive int, got 0"),
+    (["--frac-r-eq-t", "1.5"], r"frac_r_eq_t must lie in \[0, 1\]"),
+    (["--points", "3", "--features", "200"], "under-sampled: --points 3 in d = 2 cannot estimate 200 directions"),
+    (["--objectives", "mf,nosuch"], "unknown objective 'nosuch'"),
+    (["--case", "ring9"], "unknown case 'ring9'"),
+])
+def test_cli_refuses_bad_arguments_before_any_work(argv, pattern, capsys):
+    from mfverify.theory.stability import main
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert re.search(pattern, captured.err), captured.err
+    assert captured.out == ""  # not even the table's header: nothing was computed
+
+
+def test_cli_refuses_an_empty_network_file(tmp_path, capsys):
+    from mfverify.theory.stability import main
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert main(["--network", str(empty), "--points", "4", "--features", "2"]) == 2
+    assert "not a readable mfverify checkpoint" in capsys.readouterr().err
+
+
+def test_an_ill_conditioned_gram_matrix_is_flagged_not_printed_as_a_plain_number(monkeypatch, capsys):
+    """G = [[1, 1], [1, 1]] is singular: G^-1 H is not computed (NaN), the summary says so; the
+    command line marks such a row and warns (here forced by a limit every estimate exceeds)."""
+    from mfverify.theory import stability as module
+
+    singular = eigen_summary(torch.eye(2).expand(3, 2, 2).clone(), torch.ones(3, 2, 2), n_boot=5)
+    assert singular.ill_conditioned and math.isnan(singular.min_real_normalised)
+    assert singular.min_real == 1.0  # H's own spectrum is still exact
+    fine = eigen_summary(torch.eye(2).expand(3, 2, 2).clone(), torch.eye(2).expand(3, 2, 2).clone(), n_boot=5)
+    assert not fine.ill_conditioned and fine.min_real_normalised == 1.0
+    monkeypatch.setattr(module, "GRAM_CONDITION_LIMIT", 1.0)
+    assert module.main(["--objectives", "fm", "--points", "8", "--features", "4", "--boot", "5"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("ill-conditioned G") == 2  # both time laws
+    assert "warning: the Gram matrix G is near singular" in captured.err

@@ -144,11 +144,41 @@ class _Loss:
     def __call__(self, model, x0, x1, r, t, **options) -> torch.Tensor:
         if self.objective.needs_truth and "mixture" not in options:
             options = {**options, "mixture": self.mixture}
-        loss = self.objective(model, x0, x1, r, t, **{**self.options, **options})
+        inputs = {"x0": x0, "x1": x1, "r": r, "t": t}
+        saved = {k: v.clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        try:
+            loss = self.objective(model, x0, x1, r, t, **{**self.options, **options})
+        except LossError:
+            raise
+        except Exception as err:  # the loss under test is the user's code: any failure is reported, not a crash
+            raise LossError(f"loss {self.name!r} raised {type(err).__name__}: {err}") from err
+        changed = [k for k, v in saved.items() if not torch.equal(v, inputs[k])]
+        if changed:
+            raise LossError(f"loss {self.name!r} changed its input {', '.join(changed)} in place; a loss must leave "
+                            "x0, x1, r and t as it received them (the battery reuses them)")
+        if not loss.dtype.is_floating_point:
+            raise LossError(f"loss {self.name!r} returned a {loss.dtype} tensor; expected a floating-point per-sample "
+                            "loss")
+        if loss.dtype != x0.dtype:
+            raise LossError(f"loss {self.name!r} returned {loss.dtype} on {x0.dtype} inputs: the battery's checks "
+                            "compare to about 1e-9, below float32's resolution (1e-7); compute in the inputs' dtype")
+        if torch.is_grad_enabled() and not loss.requires_grad and _has_trainable(model):
+            raise LossError(f"loss {self.name!r} returned a tensor without a gradient (detached, or computed outside "
+                            "autograd): the checks differentiate it with respect to the model's parameters")
         if not torch.isfinite(loss.detach()).all():
-            raise ValueError(f"loss {self.name!r} returned non-finite values on finite inputs (a random network, "
-                             "random data and times)")
+            raise LossError(f"loss {self.name!r} returned non-finite values on finite inputs (a random network, "
+                            "random data and times)")
         return loss
+
+
+class LossError(ValueError):
+    """The loss under test failed or returned what a per-sample loss cannot be (exit 2, not a
+    failed check)."""
+
+
+def _has_trainable(model) -> bool:
+    params = getattr(model, "parameters", None)
+    return callable(params) and any(p.requires_grad for p in params())
 
 
 def _networks(seed: int, network: str, dims=(1, 2, 3)):
@@ -387,6 +417,14 @@ def run(loss, reference=None, cases=None, options=None, seed: int = 0, network: 
     ``weighting=False`` leaves the informational weighting check out (said in the notes).
     """
     start = time.perf_counter()
+    if isinstance(cases, str):
+        raise TypeError(f"cases must be a list of case names, got the string {cases!r} (write cases=[{cases!r}])")
+    for name, value in (("seed", seed), ("n_points", n_points), ("n_samples", n_samples),
+                        ("weighting_samples", weighting_samples)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if name != "seed" and value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value}")
     cases = tuple(DEFAULT_CASES if cases is None else cases)
     if not cases:
         raise ValueError("cases must name at least one case")
@@ -438,6 +476,25 @@ def _parse_option(text: str) -> tuple[str, Any]:
     return key, raw
 
 
+def _check_json_path(path: Path, force: bool) -> None:
+    """Before any work: ``--json PATH`` can be written, and replaces nothing of the user's."""
+    if path.is_dir():
+        raise ValueError(f"--json {path}: is a folder, expected a file path")
+    if not path.parent.is_dir():
+        raise ValueError(f"--json {path}: its folder {path.parent} does not exist or is not a folder")
+    if path.exists() and not force and not _is_report(path):
+        raise ValueError(f"--json {path}: the file exists and is not an earlier check report; choose another path "
+                         "or pass --force to replace it")
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        blob = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(blob, dict) and {"loss", "passed", "checks"} <= set(blob)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mfverify.check", description=__doc__.split("\n\n")[0],
@@ -451,7 +508,9 @@ def main(argv=None) -> int:
                         help="declare the loss quadratic in v_c (exact route; verified at run time)")
     parser.add_argument("--network", default="mlp", help="the random networks' kind (default mlp)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON (atomically; an existing file "
+                        "is replaced only if it is an earlier report, or with --force)")
+    parser.add_argument("--force", action="store_true", help="--json may replace a file that is not a report")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     from mfverify.io import write_text
@@ -462,8 +521,8 @@ def main(argv=None) -> int:
             from dataclasses import replace
 
             loss = replace(loss, quadratic_in_v_c=True)
-        if args.json and Path(args.json).is_dir():
-            raise ValueError(f"--json {args.json}: is a folder, expected a file path")
+        if args.json:
+            _check_json_path(Path(args.json), args.force)
         report = run(loss, reference=args.reference, cases=args.cases, options=dict(args.option), seed=args.seed,
                      network=args.network, progress=not args.no_progress)
     except (ValueError, TypeError) as err:

@@ -266,6 +266,17 @@ class EigenSummary:
     asymmetry: float  # |H - H^T| / |H + H^T| (Frobenius)
     n_points: int
     n_features: int
+    gram_condition: float = float("nan")  # condition number of G (above GRAM_CONDITION_LIMIT: no G^-1 H numbers)
+
+    @property
+    def ill_conditioned(self) -> bool:
+        """``G`` is near singular (condition above ``GRAM_CONDITION_LIMIT``): ``G^-1 H``'s numbers are
+        round-off, and ``H`` is estimated in fewer independent directions than it has."""
+        return self.gram_condition > GRAM_CONDITION_LIMIT or math.isinf(self.gram_condition)
+
+
+# float64 solves lose about log10(cond) of their 16 digits: above 1e10, G^-1 H keeps under 6
+GRAM_CONDITION_LIMIT = 1e10
 
 
 def _min_real(H, G=None) -> float:
@@ -277,15 +288,19 @@ def eigen_summary(C: torch.Tensor, G: torch.Tensor | None = None, n_boot: int = 
                   seed: int = 0) -> EigenSummary:
     """Eigenvalues of ``H = C.mean(0)`` (and of ``G^-1 H``, ``G = G.mean(0)``, per-point Gram
     contributions as ``gram`` returns) with bootstrap intervals over the points."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive int (bootstrap resamples), got {n_boot!r}")
     n, P, _ = C.shape
     H = C.mean(0)
     ev = torch.linalg.eigvals(H)
+    cond = float("nan") if G is None else float(torch.linalg.cond(G.mean(0)))
+    normalised = G is not None and cond <= GRAM_CONDITION_LIMIT  # else G^-1 H is round-off: not computed
     g = torch.Generator().manual_seed(seed)
     boots, boots_n = [], []
     for _ in range(n_boot):
         idx = torch.randint(0, n, (n,), generator=g)
         boots.append(_min_real(C[idx].mean(0)))
-        if G is not None:
+        if normalised:
             boots_n.append(_min_real(C[idx].mean(0), G[idx].mean(0)))
 
     def interval(values):
@@ -297,10 +312,11 @@ def eigen_summary(C: torch.Tensor, G: torch.Tensor | None = None, n_boot: int = 
     sym = 0.5 * (H + H.T)
     return EigenSummary(
         min_real=float(ev.real.min()), interval=interval(boots),
-        min_real_normalised=float("nan") if G is None else _min_real(H, G.mean(0)),
+        min_real_normalised=_min_real(H, G.mean(0)) if normalised else float("nan"),
         interval_normalised=interval(boots_n), max_abs=float(ev.abs().max()),
         min_real_symmetric=float(torch.linalg.eigvalsh(sym).min()),
-        asymmetry=float((H - H.T).norm() / (H + H.T).norm().clamp_min(1e-300)), n_points=n, n_features=P)
+        asymmetry=float((H - H.T).norm() / (H + H.T).norm().clamp_min(1e-300)), n_points=n, n_features=P,
+        gram_condition=cond)
 
 
 LAWS = {"uniform": ("uniform", 0.0, 1.0), "logit_normal(-0.4, 1)": ("logit_normal", -0.4, 1.0)}
@@ -460,6 +476,9 @@ def stability(objective, case: str, law: str = "logit_normal(-0.4, 1)", n_points
 
     if law not in LAWS:
         raise ValueError(f"law must be one of {list(LAWS)}, got {law!r}")
+    _check_sizes(n_points=n_points, n_features=n_features, n_boot=n_boot, frac_r_eq_t=frac_r_eq_t, scale_x=scale_x,
+                 scale_t=scale_t)
+    objectives.get(objective)  # an unknown objective fails before any work
     mixture = get_case(case)
     kind, mean, std = LAWS[law]
     x, r, t = training_points(mixture, n_points, kind, mean, std, frac_r_eq_t, seed)
@@ -469,9 +488,27 @@ def stability(objective, case: str, law: str = "logit_normal(-0.4, 1)", n_points
         raise ValueError(f"directions are of dimension {directions.d}, case {case!r} of {mixture.d}")
     else:
         dirs = directions
+    if n_points * mixture.d < dirs.P:
+        raise ValueError(f"under-sampled: {n_points} points in d = {mixture.d} give matrices of rank at most "
+                         f"{n_points * mixture.d}, fewer than the {dirs.P} directions (H and G would be singular); "
+                         f"use at least {math.ceil(dirs.P / mixture.d)} points, many more for a stable estimate")
     options = {"p": 0.0} if "p" in objectives.get(objective).options else {}
     C = pseudo_gradient_matrix(objective, mixture, dirs, x, r, t, progress=progress, **options)
     return eigen_summary(C, gram(dirs, x, r, t), n_boot=n_boot, seed=seed)
+
+
+def _check_sizes(**values) -> None:
+    for name in ("n_points", "n_features", "n_boot"):
+        v = values[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    for name in ("scale_x", "scale_t"):
+        v = values[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    f = values["frac_r_eq_t"]
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
+        raise ValueError(f"frac_r_eq_t must lie in [0, 1], got {f!r}")
 
 
 def main(argv=None) -> int:
@@ -479,12 +516,14 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m mfverify.stability", description=main.__doc__)
-    parser.add_argument("--case", default="ring8")
-    parser.add_argument("--objectives", default="mf,mf_sg,shortcut")
-    parser.add_argument("--points", type=int, default=500)
-    parser.add_argument("--features", type=int, default=48)
-    parser.add_argument("--boot", type=int, default=200)
+    parser = argparse.ArgumentParser(prog="python -m mfverify.stability", description=main.__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     epilog="Exit status: 0 the table was printed, 2 a usage error.")
+    parser.add_argument("--case", default="ring8", help="a named case")
+    parser.add_argument("--objectives", default="mf,mf_sg,shortcut", help="comma-separated objectives")
+    parser.add_argument("--points", type=int, default=500, help="training points (x_t, r, t) of the estimate")
+    parser.add_argument("--features", type=int, default=48, help="directions h_i of the perturbation class")
+    parser.add_argument("--boot", type=int, default=200, help="bootstrap resamples of the intervals")
     parser.add_argument("--frac-r-eq-t", type=float, default=0.75, help="the law's flow-matching share")
     parser.add_argument("--scale-x", type=float, default=1.0, help="frequency scale of the directions in x")
     parser.add_argument("--scale-t", type=float, default=2.0, help="frequency scale of the directions in r, t")
@@ -493,19 +532,34 @@ def main(argv=None) -> int:
                              "in its parameter space) instead of Fourier features")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from mfverify.cases import get_case
+
+    names = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    try:  # every argument checked before any work
+        if not names:
+            raise ValueError("--objectives names no objective")
+        for name in names:
+            objectives.get(name)
+        d_case = get_case(args.case).d
+        _check_sizes(n_points=args.points, n_features=args.features, n_boot=args.boot, frac_r_eq_t=args.frac_r_eq_t,
+                     scale_x=args.scale_x, scale_t=args.scale_t)
+        if args.points * d_case < args.features:
+            raise ValueError(f"under-sampled: --points {args.points} in d = {d_case} cannot estimate "
+                             f"{args.features} directions; use at least {math.ceil(args.features / d_case)}")
+    except (ValueError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     directions = None
     if args.network is not None:
-        import pickle
-
-        from mfverify.cases import get_case
         from mfverify.train import load_checkpoint
 
         try:
             cfg, _, ema = load_checkpoint(args.network)
-        except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
-            print(f"error: --network: {args.network} is not a readable mfverify checkpoint ({err})", file=sys.stderr)
+        except Exception as err:  # noqa: BLE001  (any unreadable file: torch raises many kinds)
+            print(f"error: --network: {args.network} is not a readable mfverify checkpoint "
+                  f"({type(err).__name__}: {err})", file=sys.stderr)
             return 2
-        d_net, d_case = get_case(cfg.case).d, get_case(args.case).d
+        d_net = get_case(cfg.case).d
         if d_net != d_case:
             print(f"error: --network: the checkpoint's network is for case {cfg.case!r} (d = {d_net}); --case "
                   f"{args.case!r} has d = {d_case}", file=sys.stderr)
@@ -514,7 +568,8 @@ def main(argv=None) -> int:
     print("| objective | time law | min Re lambda(H) [95 % bootstrap] | min Re lambda(G^-1 H) [95 %] | "
           "min eig sym(H) | asymmetry |")
     print("|---|---|---|---|---|---|")
-    for objective in args.objectives.split(","):
+    flagged = []
+    for objective in names:
         for law in LAWS:
             try:
                 s = stability(objective, args.case, law, args.points, args.features, args.frac_r_eq_t,
@@ -525,7 +580,14 @@ def main(argv=None) -> int:
                 return 2
             print(f"| {objective} | {law} | {s.min_real:.3g} [{s.interval[0]:.3g}, {s.interval[1]:.3g}] | "
                   f"{s.min_real_normalised:.3g} [{s.interval_normalised[0]:.3g}, {s.interval_normalised[1]:.3g}] | "
-                  f"{s.min_real_symmetric:.3g} | {s.asymmetry:.3g} |", flush=True)
+                  f"{s.min_real_symmetric:.3g} | {s.asymmetry:.3g} |{' ill-conditioned G' if s.ill_conditioned else ''}",
+                  flush=True)
+            if s.ill_conditioned:
+                flagged.append(f"{objective} / {law}: cond(G) = {s.gram_condition:.2g}")
+    if flagged:
+        print(f"warning: the Gram matrix G is near singular (condition above {GRAM_CONDITION_LIMIT:g}) on "
+              f"{'; '.join(flagged)}: G^-1 H there is round-off and H is estimated in fewer independent directions "
+              "than it has; use more --points or fewer --features", file=sys.stderr)
     return 0
 
 
