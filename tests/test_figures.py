@@ -197,3 +197,79 @@ def test_figure_errors_are_clear(tmp_path, capsys):
     assert EvalConfig(nfe=(1, 2, 4, 8, 16)).figure_nfe() == (1, 2, 16)
     assert EvalConfig(nfe=(4, 8)).figure_nfe() == (4, 8)
     assert math.isclose(EvalConfig(field_grid=4).field_nodes()[-1][1], 1.0)
+
+
+EXACT_ONLY = SMALL.replace('objectives = ["fm", "mf", "scm"]', 'objectives = ["fm"]\nbaselines = ["exact_u"]').replace(
+    'cases = ["ring8", "random16d"]', 'cases = ["ring8"]').replace("seeds = 2", "seeds = 1")
+
+
+def test_a_study_whose_only_baseline_is_exact_u_finishes_with_its_figures(tmp_path):
+    """exact_u's errors are 0 or ~1e-13: nothing of it is above the log axis, and the study still draws."""
+    (tmp_path / "s.toml").write_text(EXACT_ONLY)
+    out = run_study(load_study(tmp_path / "s.toml"), tmp_path / "out", progress=False)
+    assert (out / "summary.md").exists() and (out / "error_vs_nfe_ring8.png").stat().st_size > 0
+    assert figures.main([str(out)]) == 0
+
+
+def _table(tmp_path, name="error_vs_nfe_ring8.csv", text=None):
+    rows = ["study,case,method,group,source,index,nfe,metric,mean,min,max,seeds",
+            "s,ring8,fm,objective,,0,1,flow_map_mean,0.5,0.4,0.6,2",
+            "s,ring8,fm,objective,,0,2,flow_map_mean,0.3,0.2,0.4,2",
+            "s,ring8,mf,objective,,1,1,flow_map_mean,-0.01,-0.02,0.0,2",
+            "s,ring8,mf,objective,,1,2,flow_map_mean,0.0,0.0,0.0,2"]
+    (tmp_path / name).write_text(text if text is not None else "\n".join(rows) + "\n")
+    return rows
+
+
+def test_zero_and_negative_means_are_drawn_on_the_floor_and_said_so(tmp_path):
+    _table(tmp_path)
+    fig = figures.error_vs_nfe(read_csv(tmp_path / "error_vs_nfe_ring8.csv"))
+    ax = fig.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert "mf (2 of 2 at or below the floor)" in labels
+    floor = ax.get_ylim()[0]
+    (mf_line,) = [line for line in ax.get_lines() if line.get_label().startswith("mf ")]
+    assert list(mf_line.get_ydata()) == [floor, floor]  # on the axis, not vanished
+    assert "floor" in ax.get_ylabel()
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda rows: rows[:2] + [rows[2].rsplit(",", 3)[0]] + rows[3:], r"line 3 has 9 fields where the header has 12"),
+    (lambda rows: [rows[0].replace(",mean,", ",average,")] + rows[1:], "column mean missing"),
+    (lambda rows: rows[:3] + [rows[3].replace("-0.01", "oops")] + rows[4:], r"line 4, column mean: 'oops' is not a number"),
+])
+def test_a_corrupt_table_is_named_with_its_file_line_and_column(tmp_path, edit, pattern, capsys):
+    rows = _table(tmp_path)
+    _table(tmp_path, text="\n".join(edit(rows)) + "\n")
+    with pytest.raises(SystemExit) as exc:
+        figures.main([str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "error_vs_nfe_ring8.csv" in err and __import__("re").search(pattern, err), err
+    assert "Traceback" not in err
+
+
+def test_a_file_is_not_called_a_missing_folder(tmp_path, capsys):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    with pytest.raises(SystemExit):
+        figures.main([str(f)])
+    assert "is a file; expected a study's output folder" in capsys.readouterr().err
+
+
+def test_an_empty_table_replaces_its_old_figure_with_one_that_says_so(tmp_path):
+    _table(tmp_path)
+    figures.build(tmp_path, formats=("png",))
+    old = (tmp_path / "error_vs_nfe_ring8.png").read_bytes()
+    _table(tmp_path, text="study,case,method,group,source,index,nfe,metric,mean,min,max,seeds\n")
+    figures.build(tmp_path, formats=("png",))
+    assert (tmp_path / "error_vs_nfe_ring8.png").read_bytes() != old
+
+
+def test_a_users_copy_of_a_table_beside_the_study_is_not_drawn_over_their_files(tmp_path, capsys):
+    _table(tmp_path)
+    _table(tmp_path, name="error_vs_nfe_backup.csv")
+    (tmp_path / "error_vs_nfe_backup.png").write_bytes(b"my own picture")
+    assert figures.build(tmp_path, formats=("png",)) == [tmp_path / "error_vs_nfe_ring8"]
+    assert (tmp_path / "error_vs_nfe_backup.png").read_bytes() == b"my own picture"
+    assert "error_vs_nfe_backup.csv left alone" in capsys.readouterr().err

@@ -25,6 +25,7 @@ call these functions on the tables (``mfverify.study.store.read_csv``).
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import math
 import sys
@@ -39,7 +40,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from mfverify.io import write_bytes  # noqa: E402
-from mfverify.study.store import read_csv  # noqa: E402
+from mfverify.study.store import read_csv, slug  # noqa: E402
 
 # Okabe & Ito (2008), black left out (the exact baselines use it); yellow darkened to read on white
 OBJECTIVE_COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#E69F00", "#B8A100"]
@@ -101,7 +102,10 @@ def error_vs_nfe(table) -> Figure:
     group = {r["method"]: r.get("group", "objective") for r in table}
     source = {r["method"]: r.get("source", "") for r in table}
     values = [float(r["mean"]) for r in table if r["method"] != "exact_u" and _positive(r["mean"])]
+    values = values or [float(r["mean"]) for r in table if _positive(r["mean"])]
+    # the log axis starts here; a smaller value (zero and negative ones too) is drawn on it, and said so
     y_floor = 0.3 * min(values) if values else 1e-16
+    at_floor = 0
     fig = plt.figure(figsize=(13.0, 4.6), layout="constrained")
     grid = fig.add_gridspec(1, 3, width_ratios=[1.0, 1.0, 0.95])
     ax_obj = fig.add_subplot(grid[0])
@@ -117,9 +121,20 @@ def error_vs_nfe(table) -> Figure:
         if m == "exact_u" and max(hi) < y_floor:  # round-off (~1e-13): drawn, it would flatten the rest
             ax.plot([], [], label=f"exact_u (max {max(hi):.1e}, below the axis)", markersize=4, **s)
             continue
+        under = sum(1 for v in mean if not v >= y_floor)
+        if under:
+            at_floor += under
+            label += f" ({under} of {len(mean)} at or below the floor)"
+            mean, lo, hi = ([max(v, y_floor) if not math.isnan(v) else v for v in vs] for vs in (mean, lo, hi))
         ax.plot(nfe, mean, label=label, markersize=4, linewidth=1.4, **s)
         if max(h - l_ for h, l_ in zip(hi, lo)) > 0:
             ax.fill_between(nfe, lo, hi, color=s["color"], alpha=0.15, linewidth=0)
+    all_nfe = sorted({int(r["nfe"]) for r in table})
+    for ax in (ax_obj, ax_base):
+        if not any(len(line.get_xdata()) for line in ax.get_lines()):  # nothing drawn: the axes still span the NFEs
+            ax.set_xlim(all_nfe[0] / 1.5, all_nfe[-1] * 1.5)
+            ax.text(0.5, 0.5, "no value above the axis", transform=ax.transAxes, ha="center", va="center", fontsize=8,
+                    color="#777777")
     metric = table[0].get("metric", "flow_map_mean")
     for ax, title in ((ax_obj, "trained objectives (average velocity)"), (ax_base, "baselines")):
         ax.set_xscale("log", base=2)
@@ -130,7 +145,9 @@ def error_vs_nfe(table) -> Figure:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax_obj.set_ylim(bottom=y_floor)
-    ax_obj.set_ylabel(r"mean $|x_{gen} - \Phi(x_1, 1\to 0)|$" if metric == "flow_map_mean" else metric)
+    ax_obj.set_ylabel((r"mean $|x_{gen} - \Phi(x_1, 1\to 0)|$" if metric == "flow_map_mean" else metric)
+                      + (f"\n(floor {y_floor:.1e}: smaller values, 0 and below included, drawn on it)"
+                         if at_floor else ""))
     _one_step_bars(ax_bar, table, methods, style, y_floor)
     study, case = table[0].get("study", ""), table[0]["case"]
     fig.suptitle(f"{study}: {case}" if study else case, fontsize=11)
@@ -300,18 +317,96 @@ def save_figure(fig: Figure, stem, formats=FORMATS) -> None:
     plt.close(fig)
 
 
+KINDS = ("error_vs_nfe", "samples", "field_error")
+
+# the columns a figure reads, and which of them are numbers (int or float)
+COLUMNS = {
+    "error_vs_nfe": {"case": str, "method": str, "index": int, "nfe": int, "mean": float, "min": float, "max": float},
+    "samples": {"case": str, "method": str, "index": int, "nfe": int, "x": float, "y": float, "phi_x": float,
+                "phi_y": float, "error": float},
+    "field_error": {"case": str, "method": str, "r": float, "t": float, "relative": float},
+    "density": {"kind": str, "x": float, "y": float, "value": float},
+}
+
+
 def figure_tables(out) -> list[tuple[str, Path]]:
-    """``(kind, csv)`` of every figure table in a study folder."""
+    """``(kind, csv)`` of every figure table in a study folder: ``KIND_<case>.csv`` for the cases of
+    its ``config.toml`` (where it has one: a folder of tables alone has every such CSV)."""
     out = Path(out)
-    found = [("error_vs_nfe", p) for p in sorted(out.glob("error_vs_nfe_*.csv"))]
-    found += [("samples", p) for p in sorted(out.glob("samples_*.csv"))]
-    found += [("field_error", p) for p in sorted(out.glob("field_error_*.csv"))]
+    cases = _study_cases(out)
+    found = []
+    for kind in KINDS:
+        for p in sorted(out.glob(f"{kind}_*.csv")):
+            if cases is None or p.stem[len(kind) + 1:] in cases:
+                found.append((kind, p))
     return found
+
+
+def _study_cases(out: Path):
+    """The case slugs of the study in ``out`` (its ``config.toml``), or None without one."""
+    config = out / "config.toml"
+    if not config.is_file():
+        return None
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    try:
+        cases = tomllib.loads(config.read_text())["study"]["cases"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {slug(str(c)) for c in cases}
+
+
+def read_table(path: Path, kind: str) -> list[dict]:
+    """A figure table, checked: its columns present, every row complete, every number a number; an
+    error names the file, the line and the column."""
+    try:
+        table = read_csv(path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read it ({err})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: not a CSV table ({err})") from None
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    missing = [c for c in COLUMNS[kind] if c not in header]
+    if missing:
+        raise ValueError(f"{path}: column{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing "
+                         f"(a {kind} table has {', '.join(COLUMNS[kind])})")
+    for i, row in enumerate(table):
+        line = i + 2  # the header is line 1
+        if None in row or any(v is None for v in row.values()):
+            raise ValueError(f"{path}: line {line} has {len([v for v in row.values() if v is not None])} fields "
+                             f"where the header has {len(header)} (a truncated or extended row)")
+        for column, cast in COLUMNS[kind].items():
+            if cast is str:
+                continue
+            try:
+                cast(row[column])
+            except ValueError:
+                raise ValueError(f"{path}: line {line}, column {column}: {row[column]!r} is not "
+                                 f"{'an integer' if cast is int else 'a number'}") from None
+    return table
+
+
+def _own_case(path: Path, kind: str, table) -> bool:
+    """A table's rows are all of the case its name says (a copy under another name is not the study's)."""
+    return all(slug(r["case"]) == path.stem[len(kind) + 1:] for r in table)
+
+
+def empty_figure(path: Path) -> Figure:
+    """The figure of an empty table: it says so (an older figure of the same name is replaced)."""
+    fig = plt.figure(figsize=(6.0, 1.6), layout="constrained")
+    fig.text(0.5, 0.5, f"{path.name}: the table is empty\n(no run produced these numbers)", ha="center",
+             va="center", fontsize=10)
+    return fig
 
 
 def build(out, style=None, formats=FORMATS) -> list[Path]:
     """Draw every figure of the study folder ``out`` from its CSVs; returns the stems written."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; expected a study's output folder")
     if not out.is_dir():
         raise ValueError(f"{out}: no such folder")
     tables = figure_tables(out)
@@ -324,16 +419,21 @@ def build(out, style=None, formats=FORMATS) -> list[Path]:
     written = []
     with plt.style.context(style or "default"):
         for kind, path in tables:
-            table = read_csv(path)
-            if not table:
+            table = read_table(path, kind)
+            if not _own_case(path, kind, table):
+                print(f"note: {path.name} left alone: its rows are of case {table[0]['case']!r}, not the one its "
+                      "name says (not a figure table of this study)", file=sys.stderr)
                 continue
-            if kind == "error_vs_nfe":
+            if not table:
+                print(f"note: {path.name} is empty: its figure says so", file=sys.stderr)
+                fig = empty_figure(path)
+            elif kind == "error_vs_nfe":
                 fig = error_vs_nfe(table)
             elif kind == "samples":
                 density_path = path.with_name("density_" + path.name[len("samples_"):])
                 if not density_path.exists():
                     raise ValueError(f"{path} needs {density_path.name} beside it (the true density)")
-                fig = samples_grid(table, read_csv(density_path))
+                fig = samples_grid(table, read_table(density_path, "density"))
             else:
                 fig = field_error_maps(table)
             save_figure(fig, path.with_suffix(""), formats)
