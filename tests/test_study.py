@@ -105,6 +105,15 @@ def test_a_diverging_run_is_recorded_and_the_study_completes(tiny, tmp_path):
         assert not any(r["method"] == "mf" for r in csv.DictReader(f))
 
 
+def test_the_command_line_names_the_diverged_runs_at_the_end(tiny, tmp_path, capsys):
+    path = tmp_path / "diverge.toml"
+    path.write_text(TINY + '\n[overrides.mf]\nlr = 1e30\n')
+    assert main([str(path), "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "run diverged" in err or "runs diverged" in err
+    assert "mf/seed0 at step" in err and "/fm/" not in err
+
+
 def test_resolved_config_reads_back(tiny, tmp_path):
     study = load_study(tiny)
     path = tmp_path / "again.toml"
@@ -228,3 +237,38 @@ def test_results_do_not_depend_on_the_callers_thread_count(tiny, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert a == b
+
+
+def test_a_plain_loss_added_to_a_weighted_study_is_trained_without_weighting(tmp_path):
+    """objectives_compare's [train] p = 1.0 is for the objectives that take a weighting: a plain loss
+    added with --objectives runs with p = 0; asked of it in [overrides] it is still an error."""
+    from dataclasses import replace
+
+    from mfverify.study.config import with_objectives
+
+    study = with_objectives(load_study("objectives_compare", preset="quick"), ["fm", "tests.test_study:plain_fm"])
+    assert study.train.p == 1.0
+    assert study.run_config("ring8", "tests.test_study:plain_fm", 0).p == 0.0
+    assert study.run_config("ring8", "fm", 0).p == 0.0  # its own override
+    study = replace(study, train=replace(study.train, steps=5))
+    out = run_study(study, tmp_path / "out", progress=False)
+    assert (out / "runs" / "ring8" / "tests.test_study_plain_fm" / "seed0" / "run.json").exists()
+    asked = replace(study, overrides=study.overrides + (("tests.test_study:plain_fm", (("p", 1.0),)),))
+    with pytest.raises(ValueError, match="takes no adaptive weighting"):
+        run_study(asked, tmp_path / "asked", progress=False)
+
+
+def plain_fm(model, x0, x1, r, t):
+    x_t = (1 - t[:, None]) * x0 + t[:, None] * x1
+    return (model(x_t, t, t) - (x1 - x0)).square().sum(1)
+
+
+def test_a_run_that_raises_exits_1_and_says_how_to_resume(tiny, tmp_path, capsys):
+    assert main([str(tiny), "--objectives", "fm,tests.test_study:raising_loss", "--out", str(tmp_path / "r"),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "error: a run failed (RuntimeError: a bug in my loss)" in err and f"--resume {tmp_path / 'r'}" in err
+
+
+def raising_loss(model, x0, x1, r, t):
+    raise RuntimeError("a bug in my loss")

@@ -78,9 +78,31 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001  (a run raised: exit 1, with where it came from)
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: a run failed ({type(err).__name__}: {err}); the finished runs are kept: "
+              f"--resume {out} continues after a fix", file=sys.stderr)
+        return 1
     print(f"{args.name} ({preset or 'as written'}) finished in {time.perf_counter() - start:.0f} s: {out}")
     print(f"  {out / 'summary.md'}\n  {out / 'results.csv'}")
+    diverged = diverged_runs(out)
+    if diverged:
+        print(f"warning: {len(diverged)} run{'s' if len(diverged) > 1 else ''} diverged (a non-finite loss; no "
+              f"metrics, its training stopped there): {', '.join(diverged)} (runs.csv: diverged_step)", file=sys.stderr)
     return 0
+
+
+def diverged_runs(out: Path) -> list[str]:
+    """``case/objective/seed at step k`` of the runs of ``out`` whose loss went non-finite."""
+    from mfverify.study.store import read_csv
+
+    path = out / "runs.csv"
+    if not path.is_file():
+        return []
+    return [f"{r['case']}/{r['objective']}/seed{r['seed']} at step {r['diverged_step']}" for r in read_csv(path)
+            if r.get("diverged_step")]
 
 
 if __name__ == "__main__":

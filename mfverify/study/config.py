@@ -205,7 +205,13 @@ class Study:
     network_options: tuple = ()  # ((network, ((key, value), ...)), ...): [network_options.NETWORK]
 
     def run_config(self, case: str, objective: str, seed: int) -> TrainConfig:
+        from mfverify import objectives
+
         extra = dict(dict(self.overrides).get(objective, ()))
+        if "p" not in extra and self.train.p != 0 and not objectives.get(self.study.objective_of(objective)).weighting:
+            # [train] p is the weighting of the objectives that take one; a plain loss (one a user adds
+            # with --objectives) is trained without. p asked of it in its own [overrides] is an error.
+            extra["p"] = 0.0
         network = extra.get("network", self.train.network)
         net = {**dict(dict(self.network_options).get(network, ())), **dict(extra.pop("network_options", ()))}
         obj = {**dict(dict(self.objective_options).get(objective, ())), **dict(extra.pop("objective_options", ()))}
