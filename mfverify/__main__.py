@@ -17,7 +17,11 @@ def main(argv=None) -> int:
             return 2
         return 0 if argv else 2
     import importlib
+    import os
 
+    # as `python -m` does: a user's own module in the current folder ("mymod:loss") can be named
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
 
 

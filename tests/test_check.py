@@ -258,6 +258,24 @@ def test_console_script_and_module_entry(tmp_path):
     assert "check of fm: PASSED" in res.stdout
 
 
+def test_the_console_script_imports_a_loss_from_the_current_folder(tmp_path):
+    """``mfverify check mymod:loss`` finds ``./mymod.py`` as ``python -m mfverify check`` does."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    (tmp_path / "mymod_for_check.py").write_text(
+        "def loss(model, x0, x1, r, t):\n"
+        "    x_t = (1 - t[:, None]) * x0 + t[:, None] * x1\n"
+        "    return (model(x_t, t, t) - (x1 - x0)).square().sum(1)\n")
+    script = Path(sys.executable).parent / "mfverify"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([str(script), "check", "mymod_for_check:loss", "--cases", "gauss2d_aniso", "--no-progress"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert "cannot import module" not in res.stderr, res.stderr
+    assert "check of mymod_for_check:loss" in res.stdout or "check of loss" in res.stdout, res.stdout + res.stderr
+
+
 def test_weighting_cannot_move_shortcut_off_u_star_where_r_is_below_t():
     # at r < t shortcut's target is deterministic given x_t: the residual is 0 at u* for
     # every draw, so any weighting of it is 0 too (a round-off mean is not a "move")
