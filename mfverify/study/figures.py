@@ -40,7 +40,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from mfverify.io import write_bytes  # noqa: E402
-from mfverify.study.store import read_csv, slug  # noqa: E402
+from mfverify.study.store import slug  # noqa: E402
 
 # Okabe & Ito (2008), black left out (the exact baselines use it); yellow darkened to read on white
 OBJECTIVE_COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#E69F00", "#B8A100"]
@@ -362,13 +362,14 @@ def read_table(path: Path, kind: str) -> list[dict]:
     """A figure table, checked: its columns present, every row complete, every number a number; an
     error names the file, the line and the column."""
     try:
-        table = read_csv(path)
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            table = list(reader)
+            header = reader.fieldnames or []
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: cannot read it ({err})") from None
     except csv.Error as err:
         raise ValueError(f"{path}: not a CSV table ({err})") from None
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), [])
     missing = [c for c in COLUMNS[kind] if c not in header]
     if missing:
         raise ValueError(f"{path}: column{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing "
@@ -396,7 +397,7 @@ def _own_case(path: Path, kind: str, table) -> bool:
 
 def empty_figure(path: Path) -> Figure:
     """The figure of an empty table: it says so (an older figure of the same name is replaced)."""
-    fig = plt.figure(figsize=(6.0, 1.6), layout="constrained")
+    fig = plt.figure(figsize=(7.0, 1.6), layout="constrained")  # a double column
     fig.text(0.5, 0.5, f"{path.name}: the table is empty\n(no run produced these numbers)", ha="center",
              va="center", fontsize=10)
     return fig

@@ -272,7 +272,7 @@ class EigenSummary:
     def ill_conditioned(self) -> bool:
         """``G`` is near singular (condition above ``GRAM_CONDITION_LIMIT``): ``G^-1 H``'s numbers are
         round-off, and ``H`` is estimated in fewer independent directions than it has."""
-        return self.gram_condition > GRAM_CONDITION_LIMIT or math.isinf(self.gram_condition)
+        return self.gram_condition > GRAM_CONDITION_LIMIT
 
 
 # float64 solves lose about log10(cond) of their 16 digits: above 1e10, G^-1 H keeps under 6
@@ -478,7 +478,7 @@ def stability(objective, case: str, law: str = "logit_normal(-0.4, 1)", n_points
         raise ValueError(f"law must be one of {list(LAWS)}, got {law!r}")
     _check_sizes(n_points=n_points, n_features=n_features, n_boot=n_boot, frac_r_eq_t=frac_r_eq_t, scale_x=scale_x,
                  scale_t=scale_t)
-    objectives.get(objective)  # an unknown objective fails before any work
+    obj = objectives.get(objective)  # an unknown objective fails before any work
     mixture = get_case(case)
     kind, mean, std = LAWS[law]
     x, r, t = training_points(mixture, n_points, kind, mean, std, frac_r_eq_t, seed)
@@ -488,11 +488,8 @@ def stability(objective, case: str, law: str = "logit_normal(-0.4, 1)", n_points
         raise ValueError(f"directions are of dimension {directions.d}, case {case!r} of {mixture.d}")
     else:
         dirs = directions
-    if n_points * mixture.d < dirs.P:
-        raise ValueError(f"under-sampled: {n_points} points in d = {mixture.d} give matrices of rank at most "
-                         f"{n_points * mixture.d}, fewer than the {dirs.P} directions (H and G would be singular); "
-                         f"use at least {math.ceil(dirs.P / mixture.d)} points, many more for a stable estimate")
-    options = {"p": 0.0} if "p" in objectives.get(objective).options else {}
+    _check_sampled(n_points, mixture.d, dirs.P)
+    options = {"p": 0.0} if "p" in obj.options else {}
     C = pseudo_gradient_matrix(objective, mixture, dirs, x, r, t, progress=progress, **options)
     return eigen_summary(C, gram(dirs, x, r, t), n_boot=n_boot, seed=seed)
 
@@ -509,6 +506,15 @@ def _check_sizes(**values) -> None:
     f = values["frac_r_eq_t"]
     if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
         raise ValueError(f"frac_r_eq_t must lie in [0, 1], got {f!r}")
+
+
+def _check_sampled(n_points: int, d: int, n_directions: int, points: str = "n_points") -> None:
+    """``n_points`` points in ``d`` dimensions give per-direction matrices of rank at most ``n_points d``:
+    fewer than the directions and ``H`` and ``G`` are singular."""
+    if n_points * d < n_directions:
+        raise ValueError(f"under-sampled: {points} {n_points} in d = {d} cannot estimate {n_directions} directions "
+                         f"(H and G would have rank at most {n_points * d}); use at least "
+                         f"{math.ceil(n_directions / d)}, many more for a stable estimate")
 
 
 def main(argv=None) -> int:
@@ -543,9 +549,7 @@ def main(argv=None) -> int:
         d_case = get_case(args.case).d
         _check_sizes(n_points=args.points, n_features=args.features, n_boot=args.boot, frac_r_eq_t=args.frac_r_eq_t,
                      scale_x=args.scale_x, scale_t=args.scale_t)
-        if args.points * d_case < args.features:
-            raise ValueError(f"under-sampled: --points {args.points} in d = {d_case} cannot estimate "
-                             f"{args.features} directions; use at least {math.ceil(args.features / d_case)}")
+        _check_sampled(args.points, d_case, args.features, points="--points")
     except (ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
