@@ -282,3 +282,85 @@ def test_weighting_cannot_move_shortcut_off_u_star_where_r_is_below_t():
     report = check.run("shortcut", cases=["gauss2d_aniso"])
     w = report.checks["weighting_moves_fixed_point"]
     assert not w.details["per_case"]["ring8"]["moved"] and not w.details["per_case"]["gauss2d_aniso"]["moved"]
+
+
+# ------------------------------------------------------------------ issue 28, part 3: the checker's own defects
+
+
+def test_imf_passes_every_check_with_both_heads_compared(capsys):
+    assert check.main(["imf", "--no-progress"]) == 0, capsys.readouterr().out
+
+
+def _mf_coordinate_mean(model, x0, x1, r, t):
+    return objectives.get("mf")(model, x0, x1, r, t) / x0.shape[1]  # F.mse_loss-style: a mean over coordinates
+
+
+def test_a_coordinate_mean_passes_the_reference_with_its_factor_one_over_d():
+    report = check.run(_mf_coordinate_mean, reference="mf", cases=["ring8"], weighting=False)
+    eq = report.checks["equivalent_to_reference"]
+    assert report.passed and eq.details["factor_kind"].startswith("coordinate mean")
+    assert eq.details["factors_per_d"] == {d: pytest.approx(1 / d, rel=1e-12) for d in (1, 2, 3)}
+    assert any("coordinate mean" in n for n in report.notes)
+
+
+def test_batch_mean_runs_through_every_check_on_both_routes():
+    from mfverify.check.conventions import batch_mean
+
+    wrapped = batch_mean(lambda model, x0, x1, r, t: objectives.get("mf")(model, x0, x1, r, t).mean())
+    exact = check.run(objectives.Objective("mf_batch_mean", wrapped, quadratic_in_v_c=True), reference="mf",
+                      cases=["ring8"])
+    assert exact.passed and exact.checks["stationary_at_exact_u"].details["route"] == "exact"
+    # batch_mean calls the loss once per row: the Monte Carlo route (a row per draw) is slow with it
+    mc = check.run(objectives.Objective("mf_batch_mean_mc", wrapped), cases=["ring8"], n_samples=300, n_points=2)
+    assert mc.passed and mc.checks["stationary_at_exact_u"].details["route"] == "monte_carlo"
+
+
+@pytest.mark.parametrize("quadratic", [True, False])
+def test_the_stationarity_statistic_does_not_depend_on_the_loss_scale(quadratic):
+    nosg = objectives.get("mf_nosg")
+    values = []
+    for scale in (1e-8, 1.0, 1e8):
+        loss = objectives.Objective(f"nosg_{scale:g}", lambda m, x0, x1, r, t, s=scale: s * nosg(m, x0, x1, r, t),
+                                    quadratic_in_v_c=quadratic)
+        report = check.run(loss, cases=["ring8"], n_samples=5_000)
+        assert not report.checks["stationary_at_exact_u"].passed
+        values.append(report.checks["stationary_at_exact_u"].value)
+    # the statistic is a ratio of quantities that all scale with the loss: equal up to round-off
+    assert values[0] == pytest.approx(values[1], rel=1e-9) and values[2] == pytest.approx(values[1], rel=1e-9)
+
+
+def test_reference_options_and_the_weighting_rule():
+    # the loss's weighting is given to the reference too: mf at p = 1 equals mf at p = 1
+    same = check.run("mf", reference="mf", options={"p": 1.0}, cases=["gauss2d_aniso"], weighting=False)
+    assert same.checks["equivalent_to_reference"].passed
+    assert same.checks["equivalent_to_reference"].details["reference_options"]["p"] == 1.0
+    # unless the reference's options say otherwise
+    other = check.run("mf", reference="mf", options={"p": 1.0}, reference_options={"p": 0.0},
+                      cases=["gauss2d_aniso"], weighting=False)
+    assert not other.checks["equivalent_to_reference"].passed
+    assert any(n.startswith("weighting:") for n in other.notes)
+    with pytest.raises(ValueError, match="reference_options given without a reference"):
+        check.run("mf", reference_options={"p": 0.0})
+
+
+def test_rtol_sets_the_tolerance_of_the_exact_checks(capsys):
+    loose = check.run("mf", cases=["gauss2d_aniso"], weighting=False, rtol=0.5)
+    assert "0.5" in loose.checks["reduces_to_fm"].rule and "0.5" in loose.checks["stationary_at_exact_u"].rule
+    for bad in (0.0, 1.0, -1e-3, float("nan"), "x"):
+        with pytest.raises(ValueError, match="rtol"):
+            check.run("mf", rtol=bad)
+    assert check.main(["mf", "--rtol", "2", "--no-progress"]) == 2
+
+
+def test_the_stationarity_points_include_the_diagonal():
+    from mfverify.check.battery import _points
+
+    x, r, t = _points(get_case("ring8"), 0, 4, r0=False)
+    assert bool((r == t).any()) and bool((r == 0).any()) and bool(((r > 0) & (r < t)).any())
+
+
+def test_the_markdown_table_escapes_bars():
+    report = check.run("fm", cases=["gauss2d_aniso"], weighting=False)
+    for line in report.table().splitlines():
+        if line.startswith("| stationary_at_exact_u"):
+            assert line.count(" | ") == 4  # five cells: the |E dl/d eps| of the rule is escaped

@@ -58,6 +58,14 @@ def _dirac2d() -> GaussianMixture:
     return GaussianMixture(np.full(6, 1 / 6), means, np.zeros((6, 2, 2)))
 
 
+def _wide2d() -> GaussianMixture:
+    """Velocities well beyond 4: a loss that clips its target (kvfrans/shortcut-models clips
+    bootstrap targets to +-4) moves its fixed point here and nowhere on the other 2-D cases."""
+    means = np.array([[-6.0, 0.0], [6.0, 0.0]])
+    covs = np.stack([np.diag([0.5**2, 0.8**2]), np.diag([0.3**2, 0.5**2])])
+    return GaussianMixture(np.array([0.4, 0.6]), means, covs)
+
+
 def _product8d() -> ProductMixture:
     factors = [
         _mixture1d([0.4, 0.6], [-1.0 - 0.1 * j, 1.0 + 0.05 * j], [0.3, 0.15 + 0.02 * j]) for j in range(8)
@@ -114,6 +122,7 @@ for _name, _build, _description in [
     ("ring8_two_classes", _ring8_two_classes,
      "ring8 with two classes of four components each: even components class 0, odd class 1"),
     ("narrow2d", _narrow2d, "4 components at (+-1, +-1) of std 1e-3"),
+    ("wide2d", _wide2d, "2 components at (+-6, 0): conditional velocities of size 6, beyond a clip at 4"),
     ("dirac2d", _dirac2d, "a finite data set of 6 points in 2-D (covariances 0)"),
     ("product8d", _product8d, "product of 8 independent 1-D bimodal mixtures (exact by quantiles)"),
     ("random16d", _random16d, "K=8 random full covariances in 16-D, fixed seed"),

@@ -2,6 +2,6 @@
 
 import sys
 
-from mfverify.check.battery import main
+from mfverify.check.cli import main
 
 sys.exit(main())

@@ -154,13 +154,19 @@ def assert_reduces_to_fm(loss, model=None, x0=None, x1=None, t=None, options=Non
 
 
 def assert_equivalent(loss, reference, model=None, x0=None, x1=None, r=None, t=None, up_to_constant: bool = True,
-                      options=None, seed: int = 0):
+                      options=None, seed: int = 0, per_dimension: bool = False):
     """The loss equals ``reference`` (value and parameter gradient) up to one factor ``k > 0``
-    (``k = 1`` unless ``up_to_constant``). Returns ``k``."""
+    (``k = 1`` unless ``up_to_constant``; with ``per_dimension`` one factor per dimension
+    ``d``, as for a loss averaged over coordinates). Returns ``k``."""
     subject = _check._Loss(loss, options)
     result = _check.check_equivalent(subject, _check._Loss(reference, None), _batch(model, x0, x1, r, t, seed), seed)
     if not result.passed:
         _fail(result, subject.name)
+    kind = result.details["factor_kind"]
+    if kind != "constant" and not per_dimension:
+        raise AssertionError(f"{subject.name}: equivalent_to_reference failed: equal to {reference!s} only with a "
+                             f"factor per dimension ({kind}: {result.details['factors_per_d']}); pass "
+                             "per_dimension=True to accept that, or wrap the loss (conventions.coordinate_mean)")
     k = result.details["factor"]
     if not up_to_constant and abs(k - 1) > _check.EQUAL_RTOL:
         raise AssertionError(f"{subject.name}: equals {result.details['reference']} only up to the factor {k!r}, "

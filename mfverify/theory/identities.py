@@ -137,31 +137,62 @@ def eps_derivative(objective, model, h, x, r, t, v_c, **options) -> torch.Tensor
     ``objective``: a name, an ``Objective`` or a per-sample loss; ``model`` the base
     ``u`` (``ExactModel`` for ``u*``); ``h(x, r, t)`` the direction. The data pair is
     rebuilt from ``(x, v_c)``: ``x0 = x - t v_c``, ``x1 = x + (1 - t) v_c``.
+
+    Each row has its own ``eps`` while the loss calls the model on all rows at once.
+    A loss that calls it on other batches (``conventions.batch_mean`` goes one row at
+    a time) gets one shared ``eps``; the per-row derivatives are then the diagonal of
+    the Jacobian of the rows, read by a second backward pass (exact when rows do not
+    interact, which is what a per-sample loss is).
     """
     from mfverify import objectives
 
     col = lambda a: a[:, None]  # noqa: E731
     x0 = x - col(t) * v_c  # then x_t = (1-t) x0 + t x1 = x and x1 - x0 = v_c
     x1 = x + col(1 - t) * v_c
-    eps = torch.zeros(x.shape[0], 1, dtype=x.dtype, requires_grad=True)
-    loss = objectives.get(objective)(_Perturbed(model, h, eps), x0, x1, r, t, **options)
+    loss_fn = objectives.get(objective)
+    n = x.shape[0]
+    zero = torch.zeros(n, dtype=x.dtype)
+    eps = torch.zeros(n, 1, dtype=x.dtype, requires_grad=True)
+    try:
+        loss = loss_fn(_Perturbed(model, h, eps), x0, x1, r, t, **options)
+    except _RowMismatch:
+        eps = torch.zeros((), dtype=x.dtype, requires_grad=True)
+        loss = loss_fn(_Perturbed(model, h, eps), x0, x1, r, t, **options)
+        if not loss.requires_grad:
+            return zero
+        probe = torch.zeros_like(loss, requires_grad=True)
+        (mixed,) = torch.autograd.grad(loss, eps, probe, create_graph=True, allow_unused=True)
+        if mixed is None or not mixed.requires_grad:
+            return zero
+        (grad,) = torch.autograd.grad(mixed, probe, allow_unused=True)
+        return zero if grad is None else grad.detach()
     if not loss.requires_grad:
-        return torch.zeros(x.shape[0], dtype=x.dtype)  # the loss does not depend on the model
+        return zero  # the loss does not depend on the model
     (grad,) = torch.autograd.grad(loss.sum(), eps, allow_unused=True)
-    return torch.zeros(x.shape[0], dtype=x.dtype) if grad is None else grad[:, 0]
+    return zero if grad is None else grad[:, 0]
+
+
+class _RowMismatch(RuntimeError):
+    """The loss called the perturbed model on another number of rows than it was given."""
 
 
 class _Perturbed:
     """``u + eps h``; a two-head base (``velocity``) is perturbed in its second head by
-    ``eps h(x, t, t)`` too (at ``u*`` every direction of either head must give zero)."""
+    ``eps h(x, t, t)`` too (at ``u*`` every direction of either head must give zero).
+    ``eps``: one per row (n, 1), or one shared (a 0-d tensor)."""
 
     def __init__(self, model, h, eps):
         self.model, self.h, self.eps = model, h, eps
         if hasattr(model, "velocity"):
-            self.velocity = lambda x, t: model.velocity(x, t) + eps * h(x, t, t)
+            self.velocity = lambda x, t: model.velocity(x, t) + self._eps(x) * h(x, t, t)
+
+    def _eps(self, x):
+        if self.eps.dim() and x.shape[0] != self.eps.shape[0]:
+            raise _RowMismatch
+        return self.eps
 
     def __call__(self, x, r, t):
-        return self.model(x, r, t) + self.eps * self.h(x, r, t)
+        return self.model(x, r, t) + self._eps(x) * self.h(x, r, t)
 
 
 class NotQuadratic(ValueError):
@@ -225,20 +256,47 @@ def population_gradient_with_scale(objective, mixture, h, x, r, t, verify=True, 
 def _sigma_average(obj, model, h, x, r, t, options, skew=1.0, rotation=None):
     """``(weighted mean (n,), scale (n,))`` of the eps-derivative over a sigma-point set.
 
-    The scale is the rms of the rows plus ``|h| (|E v_c| + sqrt(tr Cov v_c))``, the size
-    of the terms a derivative ``2 R . h`` cancels: without label noise (``shortcut`` at
-    ``r < t``) every row is itself ~0 at ``u*`` and the rms alone is round-off."""
+    The scale is the rms of the rows plus ``sensitivity``: without label noise
+    (``shortcut`` at ``r < t``) every row is itself ~0 at ``u*`` and the rms alone is
+    round-off. Both scale with the loss, so the ratio does not depend on its units."""
     n, k, (xs, rs, ts, v_c), w = sigma_batch(model.mixture, x, r, t, skew=skew, rotation=rotation)
     if obj.needs_truth:  # an oracle objective takes the exact mixture
         options = {**options, "mixture": model.mixture}
     rows = eps_derivative(obj, model, h, xs, rs, ts, v_c, **options).view(n, k)
-    v = v_c.view(n, k, -1)
-    mean = (v * w[None, :, None]).sum(1)
-    spread = ((v - mean[:, None]).square().sum(-1) * w).sum(1).sqrt()
-    x_, r_, t_ = xs.view(n, k, -1)[:, 0], rs.view(n, k)[:, 0], ts.view(n, k)[:, 0]
-    with torch.no_grad():
-        size = h(x_, r_, t_).norm(dim=1) * (mean.norm(dim=1) + spread)
-    return (rows * w).sum(1), (rows.square() * w).sum(1).sqrt() + size
+    size = _rms_rows(eps_derivative(obj, _Offset(model, h), h, xs, rs, ts, v_c, **options).view(n, k), w)
+    return (rows * w).sum(1), _rms_rows(rows, w) + size
+
+
+def _rms_rows(rows, w):
+    return (rows.square() * w).sum(1).sqrt()
+
+
+class _Offset:
+    """``u + h``: a model off the exact one by the direction itself (either head)."""
+
+    def __init__(self, model, h):
+        self.model, self.h = model, h
+        if hasattr(model, "velocity"):
+            self.velocity = lambda x, t: model.velocity(x, t) + h(x, t, t)
+
+    def __call__(self, x, r, t):
+        return self.model(x, r, t) + self.h(x, r, t)
+
+
+def sensitivity(objective, mixture, h, x, r, t, exact_model: "ExactModel | None" = None, **options) -> torch.Tensor:
+    """The size of the loss's eps-derivative when the model is off by ``h`` (n,): the rms over
+    a sigma-point set of ``v_c`` of ``d/d eps loss(u* + h + eps h)``. A derivative at ``u*``
+    is "zero" relative to this (a quadratic loss gives about ``2 |h|^2``); it scales with
+    the loss, so a loss times 1e-8 is judged as the loss itself. Any loss (not only
+    quadratic ones: this is a scale, not an expectation)."""
+    from mfverify import objectives
+
+    obj = objectives.get(objective)
+    if obj.needs_truth:
+        options = {**options, "mixture": mixture}
+    model = exact_model or ExactModel(mixture)
+    n, k, (xs, rs, ts, v_c), w = sigma_batch(mixture, x, r, t)
+    return _rms_rows(eps_derivative(obj, _Offset(model, h), h, xs, rs, ts, v_c, **options).view(n, k), w)
 
 
 def _rotation(d: int, seed: int) -> torch.Tensor:
@@ -297,6 +355,7 @@ class _Cached:
 
     def __init__(self, model: ExactModel):
         self.model = model
+        self.velocity = model.velocity  # a two-head loss's second head (the closed form)
 
     def __call__(self, x, r, t):
         xd, rd, td = x.detach(), r.detach(), t.detach()

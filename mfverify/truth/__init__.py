@@ -34,7 +34,7 @@ from mfverify.truth.fields import (SMALL_T, log_density, moments_raw, posterior_
                                    velocity_raw)
 from mfverify.truth.guided import (conditional_velocity, effective_guidance, guided_average_velocity, guided_flow_map,
                                    guided_velocity)
-from mfverify.truth.inputs import DEFAULT_ATOL, DEFAULT_RTOL, _check_tolerance, as_points, as_times, prepare
+from mfverify.truth.inputs import DEFAULT_ATOL, DEFAULT_RTOL, _check_tolerance, as_points, as_times, jvp, prepare
 from mfverify.truth.solver import SolverStats
 
 __all__ = [
@@ -241,7 +241,7 @@ def _closed_form(mixture, x, r, t, tangent):
     m = dx.shape[1]
     rep = lambda a: a.repeat_interleave(m, 0)  # noqa: E731
     n, d = x.shape
-    u, du = torch.func.jvp(
+    u, du = jvp(
         lambda x_, r_, t_: gaussian.average_velocity(mixture, x_, r_, t_),
         (rep(x), rep(r), rep(t)),
         (dx.reshape(n * m, d), dr.reshape(n * m), dt.reshape(n * m)),
@@ -260,8 +260,8 @@ def _closed_at_t(mixture, x, t, tangent, mask):
     n, m, d = dx.shape
     rep = lambda a: a.repeat_interleave(m, 0)  # noqa: E731
     f = lambda x_, t_: velocity_raw(mixture, x_, t_)  # noqa: E731
-    _, dv = torch.func.jvp(f, (rep(xm), rep(tm)), (dx.reshape(n * m, d), dt.reshape(n * m)))
-    _, dv_flow = torch.func.jvp(f, (xm, tm), (v, torch.ones_like(tm)))
+    _, dv = jvp(f, (rep(xm), rep(tm)), (dx.reshape(n * m, d), dt.reshape(n * m)))
+    _, dv_flow = jvp(f, (xm, tm), (v, torch.ones_like(tm)))
     du = dv.view(n, m, d) + 0.5 * dv_flow[:, None, :] * (dr - dt)[..., None]
     return v, du
 

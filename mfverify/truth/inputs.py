@@ -97,3 +97,25 @@ def prepare(mixture, x, t, r=None, need_density: bool = False):
             "and posterior at t = 0 are undefined"
         )
     return x, t, r
+
+
+def jvp(f, primals, tangents):
+    """``torch.func.jvp(f, primals, tangents)``, also inside a caller's ``forward_ad`` level.
+
+    Forward-mode AD does not nest: where a dual level is open (a loss that takes its JVPs
+    with ``torch.autograd.forward_ad`` calling the exact model), the same product comes
+    from reverse mode, ``d/dw <vjp(w), tangent>`` (a double backward; exact, the same
+    derivative). Elsewhere it is ``torch.func.jvp`` itself."""
+    try:
+        return torch.func.jvp(f, primals, tangents)
+    except RuntimeError as err:
+        if "Nested forward mode AD" not in str(err):
+            raise
+    with torch.enable_grad():
+        inputs = [a.detach().requires_grad_() for a in primals]
+        out = f(*inputs)
+        w = torch.zeros_like(out, requires_grad=True)
+        grads = torch.autograd.grad(out, inputs, w, create_graph=True, allow_unused=True)
+        total = sum((g * dt).sum() for g, dt in zip(grads, tangents) if g is not None)
+        (du,) = torch.autograd.grad(total, w, allow_unused=True)
+    return out.detach(), (torch.zeros_like(out) if du is None else du.detach())

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from mfverify.cases import GaussianMixture, ProductMixture
+from mfverify.truth.inputs import jvp
 
 _MAX_ITER = 200
 
@@ -115,5 +116,5 @@ def flow_map_with_tangent(mixture, x, r, t, tangent=None):
     def G(x_, r_, t_):
         return _log_cdf(P, mu, phi_s, r_) - _log_cdf(P, mu, x_, t_)
 
-    _, dG = torch.func.jvp(G, (xs, r, t), (sign * dx, dr, dt))
+    _, dG = jvp(G, (xs, r, t), (sign * dx, dr, dt))
     return phi, sign * (-dG / slope)

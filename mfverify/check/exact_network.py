@@ -1,0 +1,318 @@
+"""The exact model as a network a repository's own loss can call: ``ExactNetwork``.
+
+Its output is the exact average velocity plus perturbation directions,
+
+    ``u*(x, r, t) + sum_j (eps_j + offset_j) h_j(x, r, t)``,
+
+whose only parameters are the ``eps`` (zero), so ``loss.backward()`` on any loss
+written against a network gives ``d loss / d eps_j``: the loss's derivative along
+each direction at the exact model. ``offset`` (a buffer, zero unless set) moves the
+model off ``u*`` along the directions, to see where a loss's gradient reaches.
+
+Directions (``direction_names``):
+
+- the smooth ones, ``network`` (a small random MLP) and ``wavy``
+  (``sin(W x + b t + c r + e)``), the per-sample battery's;
+- ``cell i,j``: a constant unit vector on the cell ``i/G <= r < (i+1)/G``,
+  ``j/G <= t < (j+1)/G`` of the triangle ``r <= t`` (``G = grid``), off the
+  diagonal ``r = t``; and ``diagonal``, the same on ``r = t`` exactly. Together
+  they partition the triangle: which of them a loss's gradient reaches is where
+  in ``(r, t)`` its sampler trains the model.
+
+Values come from ``truth.average_velocity_derivatives`` in float64 at the detached
+call point, as ``theory.identities.ExactModel`` does: the first-order expansion
+``u0 + J dx + d_r u dr + d_t u dt`` carries exact first derivatives through
+``torch.func.jvp``, ``torch.autograd.forward_ad`` and double-backward JVPs (second
+derivatives of ``u*`` are zero in it; the directions are differentiated exactly).
+Inputs may be float32 (computed in float64, returned in the input's dtype), any
+batch size and row order, image-shaped ``(B, C, H, W)`` (flattened to the case's
+``d``), with times as floats or tensors of ``B`` entries in any shape
+(``(B,)``, ``(B, 1, 1, 1)``).
+
+Conventions of the call (``inputs``, as ``conventions.as_model``): ``"x,r,t"``
+(mfverify's), ``"x,t,r"``, ``"x,t,h"`` (``h = t - r``), ``"reversed"`` (noise at
+``tau = 0``: ``net(z, a, b) = -u(z, 1 - b, 1 - a)``), ``"reversed,t,h"`` (noise at 0 and
+``net(z, tau, h)`` stepping ``z_{tau + h} = z + h net``: ``-u(z, 1 - tau - h, 1 - tau)``). A two-head loss calls
+``model.velocity(x, t)`` (in the same clock).
+
+Labels: ``model(x, r, t, labels=y)`` (also ``y=`` or ``class_labels=``) on a
+labelled case answers with the class's own field; a label outside
+``0 .. n_classes - 1`` (the null label of label dropout, ``n_classes`` or ``-1``)
+with the unconditional one.
+
+Every call's ``(r, t)`` is recorded (``calls``). Times outside ``[0, 1]`` or with
+``r > t`` never raise and never give NaN: they are answered by a **stand-in**, the
+exact model at the times clamped into ``[0, 1]`` and ``r`` lowered to ``t`` (the
+velocity), and counted; the as-written check fails such a loss with a sentence
+naming the fraction.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mfverify.cases import get_case
+from mfverify.nets import build_network
+from mfverify.theory.identities import ExactModel
+
+__all__ = ["ExactNetwork", "CallLog", "INPUTS", "GRID", "smooth_directions"]
+
+INPUTS = ("x,r,t", "x,t,r", "x,t,h", "reversed", "reversed,t,h")
+GRID = 8  # cells per unit of r and of t
+LABEL_KEYWORDS = ("labels", "y", "class_labels")
+
+
+def smooth_directions(d: int, seed: int) -> dict:
+    """Smooth directions h(x, r, t): a small random network, and ``sin(W x + b t + c r + e)``
+    with a Jacobian of order 1.5 (the effects of J_x h stand out of Monte Carlo noise)."""
+    torch.manual_seed(seed)
+    net = build_network("mlp", d, {"width": 16, "depth": 2}, dtype=torch.float64).double()
+    g = torch.Generator().manual_seed(seed + 1)
+    W = 1.5 * torch.randn(d, d, generator=g, dtype=torch.float64)
+    b, c, e = (torch.randn(d, generator=g, dtype=torch.float64) for _ in range(3))
+    wavy = lambda x, r, t: torch.sin(x @ W.T + t[:, None] * b + r[:, None] * c + e)  # noqa: E731
+    return {"network": net, "wavy": wavy}
+
+
+class CallLog:
+    """The ``(r, t)`` of every call of an ``ExactNetwork`` (float64, mfverify's clock)."""
+
+    def __init__(self):
+        self.r: list[torch.Tensor] = []
+        self.t: list[torch.Tensor] = []
+
+    def add(self, r: torch.Tensor, t: torch.Tensor) -> None:
+        self.r.append(r.detach().double().cpu().clone())
+        self.t.append(t.detach().double().cpu().clone())
+
+    def extend(self, other: "CallLog") -> None:
+        self.r += other.r
+        self.t += other.t
+
+    def times(self) -> tuple[torch.Tensor, torch.Tensor]:
+        empty = torch.zeros(0, dtype=torch.float64)
+        return (torch.cat(self.r) if self.r else empty), (torch.cat(self.t) if self.t else empty)
+
+    def summary(self, grid: int = GRID) -> dict:
+        """Rows over all calls: ``calls``, ``fraction_outside_unit_interval`` (r or t outside
+        [0, 1]), ``fraction_r_gt_t``, ``fraction_diagonal`` (r = t exactly), the extremes, and
+        the calls per cell of the triangle (``cells``: ``{(i, j): count}``)."""
+        r, t = self.times()
+        n = int(r.numel())
+        outside = (r < 0) | (r > 1) | (t < 0) | (t > 1)
+        frac = lambda m: float(m.sum()) / n if n else 0.0  # noqa: E731
+        inside = ~outside & (r <= t)
+        i, j = _bins(r[inside], grid), _bins(t[inside], grid)
+        cells: dict = {}
+        for a, b in zip(i.tolist(), j.tolist()):
+            cells[(a, b)] = cells.get((a, b), 0) + 1
+        return {"calls": n, "fraction_outside_unit_interval": frac(outside), "fraction_r_gt_t": frac(r > t),
+                "fraction_diagonal": frac(r == t), "min_time": float(torch.minimum(r, t).min()) if n else None,
+                "max_time": float(torch.maximum(r, t).max()) if n else None, "cells": cells}
+
+
+class _Exact(torch.autograd.Function):
+    """``u*(x, r, t)`` with its exact first derivatives, for every autograd mode.
+
+    The truth runs transforms of its own (``torch.func.jvp`` in the closed forms), which
+    must not see the caller's: under ``torch.func`` transforms the forward of an
+    ``autograd.Function`` runs below them, on plain tensors. Its tangent (``jvp``: both
+    ``torch.func.jvp`` and ``forward_ad``) and its cotangent (``backward``, itself
+    differentiable for double-backward JVPs) are ``J dx + d_r u dr + d_t u dt`` and the
+    transpose, with the derivatives of the call point (second derivatives zero)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, r, t, derivatives):
+        from torch.autograd.forward_ad import _set_fwd_grad_enabled
+
+        with _set_fwd_grad_enabled(False):  # inside a caller's forward_ad level: the truth's own jvp runs apart
+            u, J, du_dr, du_dt = derivatives(x.detach(), r.detach(), t.detach())
+        return u.clone(), J, du_dr, du_dt
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, J, du_dr, du_dt = output
+        ctx.mark_non_differentiable(J, du_dr, du_dt)
+        ctx.save_for_backward(J, du_dr, du_dt)
+        ctx.save_for_forward(J, du_dr, du_dt)
+
+    @staticmethod
+    def jvp(ctx, dx, dr, dt, _):
+        J, du_dr, du_dt = ctx.saved_tensors
+        du = torch.einsum("nab,nb->na", J, dx) + du_dr * dr[:, None] + du_dt * dt[:, None]
+        return du, None, None, None
+
+    @staticmethod
+    def backward(ctx, g, *_):
+        J, du_dr, du_dt = ctx.saved_tensors
+        return torch.einsum("nab,na->nb", J, g), (du_dr * g).sum(1), (du_dt * g).sum(1), None
+
+
+def _bins(a: torch.Tensor, grid: int) -> torch.Tensor:
+    return (a * grid).floor().clamp(0, grid - 1).long()
+
+
+def _times(value, n: int, name: str) -> torch.Tensor:
+    """A time argument as (n,): a float, or a tensor of n entries (any shape) or one."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.full((n,), float(value), dtype=torch.float64)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"the exact model's time argument {name} must be a float or a tensor, got "
+                        f"{type(value).__name__}")
+    if value.numel() == n:
+        return value.reshape(n)
+    if value.numel() == 1:
+        return value.reshape(1).expand(n)
+    raise ValueError(f"the exact model's time argument {name} has {value.numel()} entries for a batch of {n} "
+                     f"(shape {tuple(value.shape)}); expected {n} or 1")
+
+
+class ExactNetwork(torch.nn.Module):
+    """``u*(x, r, t) + sum_j (eps_j + offset_j) h_j``: see the module's docstring.
+
+    ``case``: a name or a mixture; ``directions``: ``{name: h(x, r, t)}`` replacing the
+    smooth ones (default ``smooth_directions(d, seed)``); ``inputs``: the call's
+    convention; ``grid``: cells per unit time. ``calls`` records every call."""
+
+    def __init__(self, case, directions=None, inputs: str = "x,r,t", grid: int = GRID, seed: int = 0, **route):
+        super().__init__()
+        if inputs not in INPUTS:
+            raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
+            raise ValueError(f"grid must be an int >= 2, got {grid!r}")
+        self.mixture = get_case(case) if isinstance(case, str) else case
+        self.d, self.inputs, self.grid, self.route = self.mixture.d, inputs, grid, route
+        smooth = smooth_directions(self.d, seed) if directions is None else dict(directions)
+        self._smooth = list(smooth.values())
+        for i, h in enumerate(self._smooth):  # a network direction's weights are buffers, not parameters
+            if isinstance(h, torch.nn.Module):
+                for p in h.parameters():
+                    p.requires_grad_(False)
+                self.add_module(f"_direction{i}", h)
+        self.cells = [(i, j) for j in range(grid) for i in range(j + 1)]
+        self.direction_names = (list(smooth) + [f"cell {i},{j}" for i, j in self.cells] + ["diagonal"])
+        J = len(self.direction_names)
+        self.eps = torch.nn.Parameter(torch.zeros(J, dtype=torch.float64))
+        self.register_buffer("offset", torch.zeros(J, dtype=torch.float64))
+        self._cell_index = torch.full((grid, grid), -1, dtype=torch.long)
+        for k, (i, j) in enumerate(self.cells):
+            self._cell_index[i, j] = k
+        self._unit = torch.ones(self.d, dtype=torch.float64) / self.d**0.5
+        self._exact: dict = {}
+        self.calls = CallLog()
+
+    @property
+    def n_smooth(self) -> int:
+        return len(self._smooth)
+
+    # ---------------------------------------------------------------- the call
+
+    def forward(self, x, a, b, **kwargs):
+        r, t, sign = self._convert(x, a, b)
+        return self._answer(x, r, t, sign, kwargs)
+
+    def velocity(self, x, a, **kwargs):
+        """The second head ``v(x, t) = u(x, t, t)`` (``a``: the time in the call's clock)."""
+        n = x.shape[0]
+        s = _times(a, n, "t")
+        reversed_clock = self.inputs.startswith("reversed")
+        t = 1 - s if reversed_clock else s
+        return self._answer(x, t, t, -1.0 if reversed_clock else 1.0, kwargs)
+
+    def _convert(self, x, a, b):
+        n = x.shape[0]
+        a, b = _times(a, n, "second argument"), _times(b, n, "third argument")
+        if self.inputs == "x,r,t":
+            return a, b, 1.0
+        if self.inputs == "x,t,r":
+            return b, a, 1.0
+        if self.inputs == "x,t,h":
+            return a - b, a, 1.0
+        if self.inputs == "reversed,t,h":
+            return 1 - a - b, 1 - a, -1.0  # net(z, tau, h) = -u(z, 1 - tau - h, 1 - tau)
+        return 1 - b, 1 - a, -1.0  # reversed: net(z, a, b) = -u(z, 1 - b, 1 - a)
+
+    def _answer(self, x, r, t, sign, kwargs):
+        labels = self._labels(kwargs, x.shape[0])
+        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+            raise TypeError(f"the exact model takes a floating-point tensor x, got {getattr(x, 'dtype', type(x))}")
+        shape, n = x.shape, x.shape[0]
+        flat = x.reshape(n, -1)
+        if flat.shape[1] != self.d:
+            raise ValueError(f"the exact model of a {self.d}-dimensional case got x of shape {tuple(shape)} "
+                             f"({flat.shape[1]} values per row)")
+        self.calls.add(r, t)
+        rd, td = r.detach().double(), t.detach().double()
+        # the stand-in: times clamped into [0, 1], r lowered to t (the value and derivatives there)
+        t_in = t.double().clamp(0.0, 1.0)
+        r_in = torch.minimum(r.double().clamp(0.0, 1.0), t_in)
+        u = _Exact.apply(flat.double(), r_in, t_in, lambda a, b, c: self._derivatives(a, b, c, labels))[0]
+        u = u + self._perturbation(flat, r, t, rd, td)
+        u = u.to(x.dtype)
+        return (sign * u).reshape(shape)
+
+    def _perturbation(self, x, r, t, rd, td):
+        coeff = self.eps + self.offset
+        x64, r64, t64 = x.double(), r.double(), t.double()
+        out = 0.0
+        for k, h in enumerate(self._smooth):
+            out = out + coeff[k] * h(x64, r64, t64)
+        S = self.n_smooth
+        inside = (rd >= 0) & (td <= 1) & (rd <= td)
+        diag = inside & (rd == td)
+        cell = self._cell_index[_bins(rd, self.grid), _bins(td, self.grid)]
+        off = inside & ~diag & (cell >= 0)
+        weight = torch.where(off, coeff[S:-1][cell.clamp_min(0)], torch.zeros_like(rd))
+        weight = weight + torch.where(diag, coeff[-1].expand_as(rd), torch.zeros_like(rd))
+        return out + weight[:, None] * self._unit
+
+    def _labels(self, kwargs, n):
+        extra = set(kwargs) - set(LABEL_KEYWORDS)
+        if extra:
+            raise TypeError(f"the exact model takes x, two times and optionally labels ({', '.join(LABEL_KEYWORDS)}"
+                            f"=...); got the keyword(s) {', '.join(sorted(extra))}")
+        given = [kwargs[k] for k in LABEL_KEYWORDS if kwargs.get(k) is not None]
+        if not given:
+            return None
+        if getattr(self.mixture, "labels", None) is None:
+            raise ValueError(f"labels given to the exact model of an unlabelled case ({self.mixture!r})")
+        labels = torch.as_tensor(given[0]).reshape(-1).long().cpu()
+        if labels.numel() == 1:
+            labels = labels.expand(n)
+        if labels.numel() != n:
+            raise ValueError(f"labels has {labels.numel()} entries for a batch of {n}")
+        return labels
+
+    def _model(self, label):
+        if label not in self._exact:
+            mixture = self.mixture if label is None else self.mixture.class_mixture(label)
+            self._exact[label] = ExactModel(mixture, **self.route)
+        return self._exact[label]
+
+    def _derivatives(self, x, r, t, labels):
+        if labels is None:
+            return self._model(None)._derivatives(x, r, t)
+        K = self.mixture.n_classes
+        keys = torch.where((labels >= 0) & (labels < K), labels, torch.full_like(labels, -1))
+        parts = None
+        for key in keys.unique().tolist():
+            rows = (keys == key).nonzero().flatten()
+            got = self._model(None if key < 0 else int(key))._derivatives(x[rows], r[rows], t[rows])
+            if parts is None:
+                parts = [torch.zeros((x.shape[0],) + tuple(g.shape[1:]), dtype=g.dtype) for g in got]
+            for p, g in zip(parts, got):
+                p[rows] = g
+        return tuple(parts)
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    def reset_calls(self) -> CallLog:
+        """Start a new record of calls; returns the old one."""
+        old, self.calls = self.calls, CallLog()
+        return old
+
+    def cell_of(self, name: str):
+        """``(i, j)`` of a cell direction's name (None for the others)."""
+        return self.cells[self.direction_names.index(name) - self.n_smooth] if name.startswith("cell ") else None

@@ -1,0 +1,208 @@
+"""Batch losses written the way public repositories write them, for ``mfverify check --as-written``.
+
+Each is ``loss(model, x0) -> scalar``: it draws its own times (logit-normal, a share
+of ``r != t``), its own noise, calls the network on the whole batch and returns a
+mean. The faithful ones follow the MeanFlow paper's Algorithm 1 (Geng et al. 2025)
+and the Shortcut models' training step (Frans et al. 2024), in mfverify's clock
+(data at 0, noise at 1, ``model(x, r, t)``); the broken ones change one thing each.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def logit_normal_times(n, dtype, mean=-0.4, std=1.0, share=0.25):
+    """``(r, t)``: two logit-normal draws sorted, ``r = t`` for all but a ``share`` of the batch."""
+    a, b = (torch.sigmoid(mean + std * torch.randn(n, dtype=dtype)) for _ in range(2))
+    t, r = torch.maximum(a, b), torch.minimum(a, b)
+    keep = torch.rand(n, dtype=dtype) < share
+    return torch.where(keep, r, t), t
+
+
+def _meanflow(model, x0, tangent_t=1.0, stop_gradient=True, clip=None, backend="func"):
+    n = x0.shape[0]
+    r, t = logit_normal_times(n, x0.dtype)
+    e = torch.randn_like(x0)
+    z = (1 - t[:, None]) * x0 + t[:, None] * e
+    v = e - x0
+    tangents = (v, torch.zeros_like(r), torch.full_like(t, tangent_t))
+    if backend == "func":
+        u, dudt = torch.func.jvp(model, (z, r, t), tangents)
+    else:
+        import torch.autograd.forward_ad as fwAD
+
+        with fwAD.dual_level():
+            out = model(*(fwAD.make_dual(a, b) for a, b in zip((z, r, t), tangents)))
+            u, dudt = fwAD.unpack_dual(out)
+    target = v - (t - r)[:, None] * dudt
+    if clip is not None:
+        target = target.clamp(-clip, clip)
+    if stop_gradient:
+        target = target.detach()
+    return (u - target).square().sum(1).mean()
+
+
+def meanflow(model, x0):
+    """Algorithm 1 as the official code writes it (torch.func.jvp, tangent (v, 0, 1), stop-gradient, p = 0)."""
+    return _meanflow(model, x0)
+
+
+def meanflow_forward_ad(model, x0):
+    """The same with torch.autograd.forward_ad."""
+    return _meanflow(model, x0, backend="forward_ad")
+
+
+def meanflow_mse(model, x0):
+    """The same with ``F.mse_loss`` (a mean over coordinates and rows), returned with its parts."""
+    n = x0.shape[0]
+    r, t = logit_normal_times(n, x0.dtype)
+    e = torch.randn_like(x0)
+    z = (1 - t[:, None]) * x0 + t[:, None] * e
+    v = e - x0
+    u, dudt = torch.func.jvp(model, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+    target = (v - (t - r)[:, None] * dudt).detach()
+    loss = F.mse_loss(u, target)
+    return loss, {"mse": loss.detach()}
+
+
+def meanflow_noise_at_zero_t_h(net, x0):
+    """MeanFlow written with noise at ``tau = 0`` and ``net(z, tau, h)`` stepping ``z_{tau+h} = z + h net``
+    (``--inputs reversed,t,h``): ``z = tau x0 + (1 - tau) e``, velocity ``x0 - e``, and the
+    identity ``net = v + h d/dtau net`` along ``(v, 1, -1)`` (the end ``tau + h`` held fixed)."""
+    n = x0.shape[0]
+    a, b = logit_normal_times(n, x0.dtype)  # r <= t in mfverify's clock: tau = 1 - t, h = t - r
+    tau, h = 1 - b, b - a
+    e = torch.randn_like(x0)
+    z = tau[:, None] * x0 + (1 - tau[:, None]) * e
+    v = x0 - e
+    u, du = torch.func.jvp(net, (z, tau, h), (v, torch.ones_like(tau), -torch.ones_like(h)))
+    return (u - (v + h[:, None] * du).detach()).square().sum(1).mean()
+
+
+def meanflow_adaptive(model, x0):
+    """The official default: adaptive weighting ``L / sg(L + 1e-3)^p`` with ``p = 1``."""
+    n = x0.shape[0]
+    r, t = logit_normal_times(n, x0.dtype)
+    e = torch.randn_like(x0)
+    z = (1 - t[:, None]) * x0 + t[:, None] * e
+    v = e - x0
+    u, dudt = torch.func.jvp(model, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+    per = (u - (v - (t - r)[:, None] * dudt).detach()).square().sum(1)
+    return (per / (per.detach() + 1e-3)).mean()
+
+
+def wrong_tangent(model, x0):
+    """The tangent ``(v, 0, 0)``: the time derivative left out."""
+    return _meanflow(model, x0, tangent_t=0.0)
+
+
+def no_stop_gradient(model, x0):
+    """The target not detached."""
+    return _meanflow(model, x0, stop_gradient=False)
+
+
+def meanflow_tiny(model, x0):
+    return 1e-8 * meanflow(model, x0)
+
+
+def meanflow_huge(model, x0):
+    return 1e8 * meanflow(model, x0)
+
+
+def no_stop_gradient_tiny(model, x0):
+    return 1e-8 * no_stop_gradient(model, x0)
+
+
+def clipped_target(model, x0):
+    """The target clipped to +-4, as kvfrans/shortcut-models clips its bootstrap targets."""
+    return _meanflow(model, x0, clip=4.0)
+
+
+def diagonal_only(model, x0):
+    """Flow matching written with the average-velocity network: ``|u(x_t, t, t) - v_c|^2``."""
+    t = torch.rand(x0.shape[0], dtype=x0.dtype)
+    e = torch.randn_like(x0)
+    z = (1 - t[:, None]) * x0 + t[:, None] * e
+    return (model(z, t, t) - (e - x0)).square().sum(1).mean()
+
+
+def _shortcut(model, x0, largest_log2=0, clip=None, on_grid=True, base=128):
+    """A Shortcut step: a quarter of the batch regresses flow at ``r = t``; the rest the
+    self-consistency ``u(x, t - 2d, t) = (u(x, t - d, t) + u(x', t - 2d, t - d)) / 2``,
+    ``x' = x - d u(x, t - d, t)``, for ``2d = 2^-k``, ``k = largest_log2 .. log2(base)``.
+    ``on_grid``: ``t`` a multiple of ``2d`` (so ``t - 2d >= 0``); else ``t ~ U(0, 1)``."""
+    n = x0.shape[0]
+    dtype = x0.dtype
+    e = torch.randn_like(x0)
+    ks = torch.randint(largest_log2, int(torch.log2(torch.tensor(base))) + 1, (n,))
+    two_d = torch.pow(2.0, -ks.to(dtype))
+    if on_grid:
+        steps = torch.floor(torch.rand(n, dtype=dtype) / two_d) + 1
+        t = (steps * two_d).clamp(max=1.0)
+    else:
+        t = torch.rand(n, dtype=dtype)
+    flow = torch.arange(n) < n // 4
+    z = (1 - t[:, None]) * x0 + t[:, None] * e
+    d = two_d / 2
+    with torch.no_grad():
+        u1 = model(z[~flow], (t - d)[~flow], t[~flow])
+        z_mid = z[~flow] - d[~flow, None] * u1
+        u2 = model(z_mid, (t - 2 * d)[~flow], (t - d)[~flow])
+        target = (u1 + u2) / 2
+        if clip is not None:
+            target = target.clamp(-clip, clip)
+    t_flow = torch.rand(n, dtype=dtype)
+    z_flow = (1 - t_flow[:, None]) * x0 + t_flow[:, None] * e
+    u_flow = model(z_flow[flow], t_flow[flow], t_flow[flow])
+    u_boot = model(z[~flow], (t - two_d)[~flow], t[~flow])
+    return torch.cat([(u_flow - (e - x0)[flow]).square().sum(1),
+                      (u_boot - target).square().sum(1)]).mean()
+
+
+def shortcut(model, x0):
+    """Steps 2d from 1 down to 1/128, t on the step's grid: the one-step map (2d = 1 at t = 1) is trained."""
+    return _shortcut(model, x0)
+
+
+def shortcut_small_steps(model, x0):
+    """Steps 2d of at most 1/8: the one-step interval is never trained."""
+    return _shortcut(model, x0, largest_log2=3)
+
+
+def shortcut_past_the_end(model, x0):
+    """t ~ U(0, 1) whatever the step: r = t - 2d falls below 0."""
+    return _shortcut(model, x0, on_grid=False)
+
+
+def shortcut_clipped(model, x0):
+    """Bootstrap targets clipped to +-4, as kvfrans/shortcut-models does."""
+    return _shortcut(model, x0, clip=4.0)
+
+
+def returns_vector(model, x0):
+    t = torch.rand(x0.shape[0], dtype=x0.dtype)
+    return (model(x0, t, t) - x0).square().sum(1)
+
+
+def returns_nan(model, x0):
+    t = torch.rand(x0.shape[0], dtype=x0.dtype)
+    return (model(x0, t, t) * float("nan")).sum()
+
+
+def returns_detached(model, x0):
+    t = torch.rand(x0.shape[0], dtype=x0.dtype)
+    return model(x0, t, t).detach().square().mean()
+
+
+def returns_integer(model, x0):
+    return torch.tensor(3)
+
+
+def raises(model, x0):
+    raise RuntimeError("boom")
+
+
+def other_arguments(model, x0, x1, t):
+    return model(x0, t, t).sum()

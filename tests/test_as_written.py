@@ -1,0 +1,226 @@
+"""The exact network a repository's loss can call, and the as-written battery (``--as-written``).
+
+Losses are in ``tests/as_written_losses.py``, written as public repositories write them
+(own sampler, ``torch.func.jvp`` / ``forward_ad``, ``F.mse_loss``, batch means). Each
+verdict is asserted together with the reason the report gives. Cases per test are the
+cheapest that show the point (``bimodal1d`` resolves in few batches; clipping at 4
+shows only on ``wide2d``); the command line runs the default cases in the benchmark.
+"""
+
+import json
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tests.as_written_losses as L
+from mfverify import truth
+from mfverify.cases import get_case
+from mfverify.check import main
+from mfverify.check.as_written import run_as_written
+from mfverify.check.exact_network import ExactNetwork
+
+CASES = ("gauss2d_aniso", "bimodal1d", "ring8", "wide2d")
+# the exact model's values and derivatives are the truth's own (the same solve); the ODE
+# route's answers at the same points agree to round-off, 1e-12 relative with margin
+RTOL = 1e-12
+
+
+def _points(mixture, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = 0.05 + 0.95 * torch.rand(n, generator=g)
+    r = t * torch.rand(n, generator=g)
+    x = (1 - t[:, None]) * mixture.sample(n, generator=g) + t[:, None] * torch.randn(n, mixture.d, generator=g)
+    v = torch.randn(n, mixture.d, generator=g)
+    return x, r, t, v
+
+
+def _close(a, b, rtol=RTOL):
+    return (a - b).abs().max().item() <= rtol * max(b.abs().max().item(), 1.0)
+
+
+@given(case=st.sampled_from(CASES), seed=st.integers(0, 10_000))
+def test_the_exact_network_is_the_truth_under_every_jvp(case, seed):
+    mixture = get_case(case)
+    net = ExactNetwork(mixture)
+    x, r, t, v = _points(mixture, 5, seed)
+    u_true, du_true = truth.average_velocity_jvp(mixture, x, r, t, v, 0.0, 1.0)
+    assert _close(net(x, r, t).detach(), u_true)
+    _, d_func = torch.func.jvp(net, (x, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        d_fwd = fwAD.unpack_dual(net(fwAD.make_dual(x, v), r, fwAD.make_dual(t, torch.ones_like(t)))).tangent
+    xx, tt = x.clone().requires_grad_(), t.clone().requires_grad_()
+    out = net(xx, r, tt)
+    w = torch.zeros_like(out, requires_grad=True)
+    gx, gt = torch.autograd.grad(out, (xx, tt), w, create_graph=True)
+    (d_double,) = torch.autograd.grad((gx * v).sum() + gt.sum(), w)
+    for d in (d_func, d_fwd, d_double):
+        assert _close(d.detach(), du_true)
+
+
+def test_the_exact_network_in_other_conventions_shapes_and_dtypes():
+    mixture = get_case("ring8")
+    x, r, t, _ = _points(mixture, 6, 1)
+    u = truth.average_velocity(mixture, x, r, t)
+    assert _close(ExactNetwork(mixture, inputs="x,t,r")(x, t, r).detach(), u)
+    assert _close(ExactNetwork(mixture, inputs="x,t,h")(x, t, t - r).detach(), u)
+    assert _close(ExactNetwork(mixture, inputs="reversed")(x, 1 - t, 1 - r).detach(), -u)
+    assert _close(ExactNetwork(mixture, inputs="reversed,t,h")(x, 1 - t, t - r).detach(), -u)
+    net = ExactNetwork(mixture)
+    assert _close(net(x, r[:, None, None, None], t[:, None]).detach(), u)  # times in any shape
+    u32 = net(x.float(), r.float(), t.float())
+    assert u32.dtype == torch.float32
+    # computed in float64 from the rounded inputs: off by float32's rounding of inputs and output
+    assert (u32.double() - u).abs().max().item() <= 1e-5 * max(u.abs().max().item(), 1.0)
+    rows = torch.randperm(6)
+    assert _close(net(x[rows], r[rows], t[rows]).detach(), u[rows])
+    img = get_case("random16d")
+    xi, ri, ti, _ = _points(img, 3, 2)
+    out = ExactNetwork(img)(xi.reshape(3, 1, 4, 4), ri, ti)
+    assert out.shape == (3, 1, 4, 4) and _close(out.reshape(3, 16).detach(), truth.average_velocity(img, xi, ri, ti))
+
+
+def test_the_exact_network_answers_labels_with_the_class_field_and_the_null_label_with_all():
+    mixture = get_case("ring8_two_classes")
+    x, r, t, _ = _points(mixture, 6, 3)
+    labels = torch.tensor([0, 1, 0, 1, 2, -1])  # 2 and -1: the null label of label dropout
+    u = ExactNetwork(mixture)(x, r, t, labels=labels).detach()
+    for i, c in enumerate(labels.tolist()):
+        m = mixture.class_mixture(c) if c in (0, 1) else mixture
+        assert _close(u[i : i + 1], truth.average_velocity(m, x[i : i + 1], r[i : i + 1], t[i : i + 1]))
+    with pytest.raises(TypeError, match="keyword"):
+        ExactNetwork(mixture)(x, r, t, mask=labels)
+
+
+def test_the_exact_network_gradient_is_the_directional_derivative_and_calls_are_recorded():
+    mixture = get_case("ring8")
+    net = ExactNetwork(mixture)
+    x, r, t, _ = _points(mixture, 6, 4)
+    target = torch.randn(6, 2)
+    (net(x, r, t) - target).square().sum().backward()
+    u = truth.average_velocity(mixture, x, r, t)
+    h = net._smooth[1](x, r, t)  # the wavy direction
+    assert _close(net.eps.grad[1], (2 * (u - target) * h).sum(), 1e-10)
+    # outside [0, 1] and r > t: finite, counted, never NaN
+    half = 0.5 * t
+    out = net(x, torch.full((6,), -0.5), t) + net(x, half + 0.3, half)
+    assert torch.isfinite(out).all()
+    s = net.calls.summary()
+    assert s["calls"] == 18 and s["fraction_outside_unit_interval"] == pytest.approx(6 / 18)
+    assert s["fraction_r_gt_t"] == pytest.approx(6 / 18) and s["min_time"] == -0.5
+
+
+def _run(fn, cases, **kw):
+    return run_as_written(fn, cases=cases, name=fn.__name__, **kw)
+
+
+@pytest.mark.parametrize("fn", [L.meanflow, L.meanflow_forward_ad, L.meanflow_mse, L.shortcut])
+def test_faithful_losses_pass_as_written(fn):
+    report = _run(fn, ["bimodal1d"])
+    assert report.passed, report.table()
+    assert report.sampler["one_step_trained"] and report.sampler["fraction_outside_unit_interval"] == 0
+
+
+def test_a_loss_with_noise_at_zero_and_net_of_t_and_h_passes_with_its_convention(capsys):
+    loss = "tests.as_written_losses:meanflow_noise_at_zero_t_h"
+    assert main(["--as-written", loss, "--inputs", "reversed,t,h", "--cases", "bimodal1d", "--no-progress"]) == 0
+    # read in mfverify's convention instead, the same code is wrong
+    assert main(["--as-written", loss, "--cases", "bimodal1d", "--no-progress"]) == 1
+    capsys.readouterr()
+
+
+def test_the_statistic_does_not_depend_on_the_loss_scale():
+    base = _run(L.meanflow, ["bimodal1d"]).checks["stationary_as_written"]
+    for fn in (L.meanflow_tiny, L.meanflow_huge):
+        other = _run(fn, ["bimodal1d"]).checks["stationary_as_written"]
+        assert other.passed and other.value == pytest.approx(base.value, rel=1e-6)
+        assert other.details["batches"] == base.details["batches"]
+    bad = _run(L.no_stop_gradient, ["bimodal1d"]).checks["stationary_as_written"]
+    tiny = _run(L.no_stop_gradient_tiny, ["bimodal1d"]).checks["stationary_as_written"]
+    assert not bad.passed and not tiny.passed and tiny.value == pytest.approx(bad.value, rel=1e-6)
+
+
+@pytest.mark.parametrize("fn, cases", [(L.wrong_tangent, ["bimodal1d", "wide2d"]),
+                                       (L.no_stop_gradient, ["bimodal1d"]),
+                                       (L.clipped_target, ["wide2d"]),
+                                       (L.shortcut_clipped, ["wide2d"])])
+def test_broken_losses_fail_stationarity(fn, cases):
+    report = _run(fn, cases)
+    check = report.checks["stationary_as_written"]
+    assert not check.passed and not report.passed
+    assert "insufficient" not in check.details
+    assert "not a stationary point" in report.notes[0]
+
+
+def test_clipping_at_four_shows_only_where_velocities_exceed_it():
+    assert _run(L.clipped_target, ["bimodal1d"]).checks["stationary_as_written"].passed
+
+
+def test_a_sampler_that_never_reaches_the_one_step_interval_fails_saying_so():
+    report = _run(L.shortcut_small_steps, ["bimodal1d"])
+    assert report.checks["stationary_as_written"].passed
+    assert not report.checks["one_step_trained"].passed and report.sampler["one_step_trained"] is False
+    assert any("never reaches the one-step interval" in n for n in report.notes)
+
+
+def test_a_sampler_that_steps_past_the_end_of_time_fails_naming_the_fraction():
+    report = _run(L.shortcut_past_the_end, ["bimodal1d"], max_batches=8)
+    check = report.checks["times_in_range"]
+    assert not check.passed and 0 < report.sampler["fraction_outside_unit_interval"] < 1
+    pct = f"{100 * report.sampler['fraction_outside_unit_interval']:.3g} %"
+    assert any(pct in n and "outside [0, 1]" in n for n in report.notes)
+
+
+def test_a_diagonal_only_loss_fails_saying_it_never_leaves_the_diagonal():
+    report = _run(L.diagonal_only, ["bimodal1d"])
+    assert report.checks["stationary_as_written"].passed  # flow matching is stationary at u*(x, t, t) = v
+    assert not report.checks["trains_off_diagonal"].passed
+    assert report.sampler["fraction_diagonal"] == 1.0
+    assert any("never leaves the diagonal" in n for n in report.notes)
+
+
+def test_too_few_batches_is_insufficient_not_a_pass():
+    report = _run(L.meanflow, ["ring8"], max_batches=8, min_batches=8)
+    check = report.checks["stationary_as_written"]
+    assert not check.passed and check.details["insufficient"] == ["ring8"]
+    assert "insufficient evidence" in report.notes[0]
+
+
+def test_the_command_line_writes_the_json_and_the_sampler(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    rc = main(["--as-written", "tests.as_written_losses:meanflow", "--cases", "bimodal1d", "--json", str(out),
+               "--sampler-out", str(tmp_path / "s"), "--no-progress"])
+    assert rc == 0, capsys.readouterr()
+    blob = json.loads(out.read_text())
+    assert blob["passed"] is True
+    assert set(blob["checks"]) == {"stationary_as_written", "times_in_range", "trains_off_diagonal",
+                                   "one_step_trained"}
+    for key in ("calls", "fraction_outside_unit_interval", "fraction_r_gt_t", "fraction_diagonal"):
+        assert isinstance(blob["sampler"][key], (int, float))
+    assert blob["sampler"]["one_step_trained"] is True
+    lines = (tmp_path / "s" / "sampler.csv").read_text().splitlines()
+    assert lines[0].startswith("r_lo,r_hi,t_lo,t_hi,calls") and len(lines) == 1 + 36
+    assert (tmp_path / "s" / "sampler.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("returns_vector", "shape"), ("returns_nan", "non-finite"), ("returns_detached", "without a gradient"),
+    ("returns_integer", "torch.int64"), ("raises", "raised RuntimeError: boom"),
+    ("other_arguments", "must take (model, x0)")])
+def test_bad_losses_are_usage_errors(name, message, capsys):
+    rc = main(["--as-written", f"tests.as_written_losses:{name}", "--cases", "bimodal1d", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_bad_arguments_are_usage_errors_before_any_work(tmp_path, capsys):
+    loss = "tests.as_written_losses:meanflow"
+    for argv in (["mf", "--as-written", loss], [], ["--as-written", "tests.as_written_losses"],
+                 ["--as-written", "tests.nowhere:f"], ["--as-written", loss, "--batch-size", "0"],
+                 ["--as-written", loss, "--max-batches", "4"], ["--as-written", loss, "--reference", "mf"],
+                 ["--as-written", loss, "--cases", "nowhere"], ["mf", "--sampler-out", str(tmp_path)]):
+        assert main(argv + ["--no-progress"]) == 2, argv
+    assert "Traceback" not in capsys.readouterr().err
