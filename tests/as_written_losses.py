@@ -206,3 +206,27 @@ def raises(model, x0):
 
 def other_arguments(model, x0, x1, t):
     return model(x0, t, t).sum()
+
+
+def meanflow_labelled(model, x0, labels):
+    """Class-conditional MeanFlow with label dropout: a tenth of the labels replaced by the null label."""
+    n = x0.shape[0]
+    r, t = logit_normal_times(n, x0.dtype)
+    e = torch.randn_like(x0)
+    z = (1 - t[:, None]) * x0 + t[:, None] * e
+    v = e - x0
+    null = int(labels.max()) + 1
+    y = torch.where(torch.rand(n) < 0.1, torch.full_like(labels, null), labels)
+    u, dudt = torch.func.jvp(lambda a, b, c: model(a, b, c, labels=y), (z, r, t),
+                             (v, torch.zeros_like(r), torch.ones_like(t)))
+    return (u - (v - (t - r)[:, None] * dudt).detach()).square().sum(1).mean()
+
+
+def meanflow_labels_shuffled(model, x0, labels):
+    """The labels handed to the network in another row order than the data (a dataloader bug)."""
+    return meanflow_labelled(model, x0, labels[torch.randperm(labels.shape[0])])
+
+
+def meanflow_labels_ignored(model, x0, labels):
+    """The same, but the network is never told the label: it learns the unconditional field."""
+    return meanflow(model, x0)

@@ -122,6 +122,8 @@ def test_faithful_losses_pass_as_written(fn):
     report = _run(fn, ["bimodal1d"])
     assert report.passed, report.table()
     assert report.sampler["one_step_trained"] and report.sampler["fraction_outside_unit_interval"] == 0
+    if fn is not L.shortcut:  # the calls recorded inside torch.func.jvp / forward_ad are the values: 75 % at r = t
+        assert report.sampler["fraction_diagonal"] == pytest.approx(0.75, abs=0.01)
 
 
 def test_a_loss_with_noise_at_zero_and_net_of_t_and_h_passes_with_its_convention(capsys):
@@ -224,3 +226,27 @@ def test_bad_arguments_are_usage_errors_before_any_work(tmp_path, capsys):
                  ["--as-written", loss, "--cases", "nowhere"], ["mf", "--sampler-out", str(tmp_path)]):
         assert main(argv + ["--no-progress"]) == 2, argv
     assert "Traceback" not in capsys.readouterr().err
+
+
+def _two_classes_1d():
+    from mfverify.cases import GaussianMixture
+
+    # each class one Gaussian (closed-form class fields); on ring8's classes, whose components
+    # have std 0.1, a class's field is steep where the other class lives and the batch
+    # derivatives are heavy-tailed: 512 batches do not resolve them to 1 %
+    return GaussianMixture([0.4, 0.6], [[-1.0], [1.0]], [[[0.25]], [[0.16]]], labels=[0, 1])
+
+
+def test_a_labelled_loss_gets_the_labels_and_the_class_fields():
+    case = _two_classes_1d()
+    good = _run(L.meanflow_labelled, [case])
+    assert good.passed, good.table()
+    # the unconditional field is stationary for a loss that never passes labels: it passes too
+    assert _run(L.meanflow_labels_ignored, [case]).passed
+    # labels in another row order than the data: the class fields are not its fixed point
+    bad = _run(L.meanflow_labels_shuffled, [case])
+    assert not bad.checks["stationary_as_written"].passed
+    assert bad.checks["stationary_as_written"].details["per_case"][repr(case)]["z_wavy by class"] > 5.5
+    # a labelled loss on an unlabelled case is refused before any work
+    with pytest.raises(ValueError, match="labelled"):
+        _run(L.meanflow_labelled, ["ring8"])

@@ -12,7 +12,9 @@ model off ``u*`` along the directions, to see where a loss's gradient reaches.
 Directions (``direction_names``):
 
 - the smooth ones, ``network`` (a small random MLP) and ``wavy``
-  (``sin(W x + b t + c r + e)``), the per-sample battery's;
+  (``sin(W x + b t + c r + e)``), the per-sample battery's; on a labelled case also
+  ``wavy by class``, ``wavy`` times ``(-1)^label`` (0 on the null label), so that a
+  loss that should train the class fields is asked about them;
 - ``cell i,j``: a constant unit vector on the cell ``i/G <= r < (i+1)/G``,
   ``j/G <= t < (j+1)/G`` of the triangle ``r <= t`` (``G = grid``), off the
   diagonal ``r = t``; and ``diagonal``, the same on ``r = t`` exactly. Together
@@ -82,8 +84,8 @@ class CallLog:
         self.t: list[torch.Tensor] = []
 
     def add(self, r: torch.Tensor, t: torch.Tensor) -> None:
-        self.r.append(r.detach().double().cpu().clone())
-        self.t.append(t.detach().double().cpu().clone())
+        self.r.append(_value(r))
+        self.t.append(_value(t))
 
     def extend(self, other: "CallLog") -> None:
         self.r += other.r
@@ -150,6 +152,17 @@ class _Exact(torch.autograd.Function):
         return torch.einsum("nab,na->nb", J, g), (du_dr * g).sum(1), (du_dt * g).sum(1), None
 
 
+def _value(a: torch.Tensor) -> torch.Tensor:
+    """The plain float64 values of ``a``, to keep: inside ``torch.func`` transforms a tensor is a
+    wrapper of its level, meaningless once the transform returns, so it is unwrapped first."""
+    from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor
+
+    a = a.detach()
+    while is_functorch_wrapped_tensor(a):
+        a = get_unwrapped(a)
+    return a.detach().double().cpu().clone()
+
+
 def _bins(a: torch.Tensor, grid: int) -> torch.Tensor:
     return (a * grid).floor().clamp(0, grid - 1).long()
 
@@ -185,7 +198,13 @@ class ExactNetwork(torch.nn.Module):
         self.mixture = get_case(case) if isinstance(case, str) else case
         self.d, self.inputs, self.grid, self.route = self.mixture.d, inputs, grid, route
         smooth = smooth_directions(self.d, seed) if directions is None else dict(directions)
+        self._labelled = getattr(self.mixture, "labels", None) is not None
+        if self._labelled and directions is None:
+            # a direction that differs between classes: a loss that trains the class fields must be
+            # stationary along it too (the label-blind ones cannot tell a class field from the mixture's)
+            smooth["wavy by class"] = smooth["wavy"]
         self._smooth = list(smooth.values())
+        self._by_class = [name.endswith("by class") for name in smooth]
         for i, h in enumerate(self._smooth):  # a network direction's weights are buffers, not parameters
             if isinstance(h, torch.nn.Module):
                 for p in h.parameters():
@@ -249,15 +268,22 @@ class ExactNetwork(torch.nn.Module):
         t_in = t.double().clamp(0.0, 1.0)
         r_in = torch.minimum(r.double().clamp(0.0, 1.0), t_in)
         u = _Exact.apply(flat.double(), r_in, t_in, lambda a, b, c: self._derivatives(a, b, c, labels))[0]
-        u = u + self._perturbation(flat, r, t, rd, td)
+        u = u + self._perturbation(flat, r, t, rd, td, labels)
         u = u.to(x.dtype)
         return (sign * u).reshape(shape)
 
-    def _perturbation(self, x, r, t, rd, td):
+    def _perturbation(self, x, r, t, rd, td, labels):
         coeff = self.eps + self.offset
         x64, r64, t64 = x.double(), r.double(), t.double()
         out = 0.0
         for k, h in enumerate(self._smooth):
+            if self._by_class[k]:  # (-1)^label on the classes, 0 on the null label or without labels
+                if labels is None:
+                    continue
+                K = self.mixture.n_classes
+                sign = torch.where((labels >= 0) & (labels < K), 1.0 - 2.0 * (labels % 2), 0.0).double()
+                out = out + coeff[k] * sign[:, None] * h(x64, r64, t64)
+                continue
             out = out + coeff[k] * h(x64, r64, t64)
         S = self.n_smooth
         inside = (rd >= 0) & (td <= 1) & (rd <= td)
