@@ -21,7 +21,7 @@ def logit_normal_times(n, dtype, mean=-0.4, std=1.0, share=0.25):
     return torch.where(keep, r, t), t
 
 
-def _meanflow(model, x0, tangent_t=1.0, stop_gradient=True, clip=None, backend="func"):
+def _meanflow(model, x0, tangent_t=1.0, stop_gradient=True, clip=None, backend="func", reduction=None):
     n = x0.shape[0]
     r, t = logit_normal_times(n, x0.dtype)
     e = torch.randn_like(x0)
@@ -41,6 +41,8 @@ def _meanflow(model, x0, tangent_t=1.0, stop_gradient=True, clip=None, backend="
         target = target.clamp(-clip, clip)
     if stop_gradient:
         target = target.detach()
+    if reduction is not None:
+        return reduction(u, target)
     return (u - target).square().sum(1).mean()
 
 
@@ -56,14 +58,7 @@ def meanflow_forward_ad(model, x0):
 
 def meanflow_mse(model, x0):
     """The same with ``F.mse_loss`` (a mean over coordinates and rows), returned with its parts."""
-    n = x0.shape[0]
-    r, t = logit_normal_times(n, x0.dtype)
-    e = torch.randn_like(x0)
-    z = (1 - t[:, None]) * x0 + t[:, None] * e
-    v = e - x0
-    u, dudt = torch.func.jvp(model, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
-    target = (v - (t - r)[:, None] * dudt).detach()
-    loss = F.mse_loss(u, target)
+    loss = _meanflow(model, x0, reduction=F.mse_loss)
     return loss, {"mse": loss.detach()}
 
 
@@ -81,16 +76,14 @@ def meanflow_noise_at_zero_t_h(net, x0):
     return (u - (v + h[:, None] * du).detach()).square().sum(1).mean()
 
 
+def _adaptive(u, target):
+    per = (u - target).square().sum(1)
+    return (per / (per.detach() + 1e-3)).mean()
+
+
 def meanflow_adaptive(model, x0):
     """The official default: adaptive weighting ``L / sg(L + 1e-3)^p`` with ``p = 1``."""
-    n = x0.shape[0]
-    r, t = logit_normal_times(n, x0.dtype)
-    e = torch.randn_like(x0)
-    z = (1 - t[:, None]) * x0 + t[:, None] * e
-    v = e - x0
-    u, dudt = torch.func.jvp(model, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
-    per = (u - (v - (t - r)[:, None] * dudt).detach()).square().sum(1)
-    return (per / (per.detach() + 1e-3)).mean()
+    return _meanflow(model, x0, reduction=_adaptive)
 
 
 def wrong_tangent(model, x0):
@@ -210,16 +203,9 @@ def other_arguments(model, x0, x1, t):
 
 def meanflow_labelled(model, x0, labels):
     """Class-conditional MeanFlow with label dropout: a tenth of the labels replaced by the null label."""
-    n = x0.shape[0]
-    r, t = logit_normal_times(n, x0.dtype)
-    e = torch.randn_like(x0)
-    z = (1 - t[:, None]) * x0 + t[:, None] * e
-    v = e - x0
     null = int(labels.max()) + 1
-    y = torch.where(torch.rand(n) < 0.1, torch.full_like(labels, null), labels)
-    u, dudt = torch.func.jvp(lambda a, b, c: model(a, b, c, labels=y), (z, r, t),
-                             (v, torch.zeros_like(r), torch.ones_like(t)))
-    return (u - (v - (t - r)[:, None] * dudt).detach()).square().sum(1).mean()
+    y = torch.where(torch.rand(labels.shape[0]) < 0.1, torch.full_like(labels, null), labels)
+    return _meanflow(lambda a, b, c: model(a, b, c, labels=y), x0)
 
 
 def meanflow_labels_shuffled(model, x0, labels):
