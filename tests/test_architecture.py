@@ -80,7 +80,8 @@ def test_the_layers_in_pyproject_are_kept():
 
 @pytest.mark.parametrize("public, home", [("mfverify.testing", "mfverify.check.testing"),
                                           ("mfverify.conventions", "mfverify.check.conventions"),
-                                          ("mfverify.stability", "mfverify.theory.stability")])
+                                          ("mfverify.stability", "mfverify.theory.stability"),
+                                          ("mfverify.jax", "mfverify.check.jax_model")])
 def test_a_public_path_that_moved_is_the_same_module(public, home):
     assert importlib.import_module(public) is importlib.import_module(home)
 

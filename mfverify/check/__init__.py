@@ -10,7 +10,9 @@ its own sampler and batch mean, and what that sampler trains (``run_as_written``
 ``testing``: the battery as pytest assertions and hypothesis strategies for a user's own
 test suite (public path ``mfverify.testing``); ``conventions``: converters from other
 repositories' conventions (argument orders, noise at 0, ``(t, h)``) to mfverify's
-(public path ``mfverify.conventions``). A JAX front belongs here.
+(public path ``mfverify.conventions``); ``jax_model``: the exact model as a JAX function
+(public path ``mfverify.jax``; JAX is imported only when it is called). The JAX front of
+the as-written check belongs here.
 
 Imports: the theory (identities), objectives, networks, cases and truth; never a
 study.
