@@ -114,3 +114,79 @@ def test_a_missing_jax_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "jax", None)
     with pytest.raises(ImportError, match=r'pip install -e "\.\[jax\]"'):
         jax_model.exact_model("ring8")
+
+
+# ------------------------------------------------------------------ the as-written battery with --framework jax
+
+
+def meanflow_jax(apply, params, x0, key, tangent_t=1.0, stop_gradient=True):
+    """MeanFlow as the official JAX code writes it: logit-normal times sorted, a quarter of the batch
+    at r != t, ``jax.jvp`` along ``(v, 0, 1)``, ``stop_gradient``, a batch mean."""
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    n = x0.shape[0]
+    a, b = (jax.nn.sigmoid(-0.4 + jax.random.normal(k, (n,), x0.dtype)) for k in (k1, k2))
+    t, r = jnp.maximum(a, b), jnp.minimum(a, b)
+    r = jnp.where(jax.random.uniform(k3, (n,)) < 0.25, r, t)
+    e = jax.random.normal(k4, x0.shape, x0.dtype)
+    z = (1 - t[:, None]) * x0 + t[:, None] * e
+    v = e - x0
+    u, dudt = jax.jvp(lambda z_, r_, t_: apply(params, z_, r_, t_), (z, r, t),
+                      (v, jnp.zeros_like(r), jnp.full_like(t, tangent_t)))
+    target = v - (t - r)[:, None] * dudt
+    if stop_gradient:
+        target = jax.lax.stop_gradient(target)
+    return jnp.mean(jnp.sum((u - target) ** 2, axis=1))
+
+
+_JITTED = {}
+
+
+def meanflow_jax_jit(apply, params, x0, key):
+    """The same under ``jax.jit`` (compiled once per exact model)."""
+    if apply not in _JITTED:
+        _JITTED[apply] = jax.jit(lambda p, x, k: meanflow_jax(apply, p, x, k))
+    return _JITTED[apply](params, x0, key)
+
+
+def wrong_tangent_jax(apply, params, x0, key):
+    return meanflow_jax(apply, params, x0, key, tangent_t=0.0)
+
+
+def no_stop_gradient_jax(apply, params, x0, key):
+    return meanflow_jax(apply, params, x0, key, stop_gradient=False)
+
+
+def vector_jax(apply, params, x0, key):
+    return jnp.sum(apply(params, x0, 0.5, 0.5), axis=1)
+
+
+def nan_jax(apply, params, x0, key):
+    return jnp.sum(apply(params, x0, 0.5, 0.5)) * jnp.nan
+
+
+def other_arguments_jax(apply, params, x0):
+    return jnp.sum(apply(params, x0, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("name, passes", [("meanflow_jax", True), ("meanflow_jax_jit", True),
+                                          ("wrong_tangent_jax", False), ("no_stop_gradient_jax", False)])
+def test_jax_losses_as_written(name, passes, capsys):
+    from mfverify.check import main
+
+    rc = main(["--as-written", f"tests.jax_checks:{name}", "--framework", "jax", "--cases", "bimodal1d",
+               "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == (0 if passes else 1), out
+    if not passes:
+        assert "not a stationary point" in out
+
+
+@pytest.mark.parametrize("name, message", [("vector_jax", "expected a scalar"), ("nan_jax", "non-finite"),
+                                           ("other_arguments_jax", "must take (apply, params, x0, key)")])
+def test_bad_jax_losses_are_usage_errors(name, message, capsys):
+    from mfverify.check import main
+
+    rc = main(["--as-written", f"tests.jax_checks:{name}", "--framework", "jax", "--cases", "bimodal1d",
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err

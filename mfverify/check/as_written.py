@@ -58,19 +58,26 @@ GROWTH = 2  # each round of batches is this many times the last
 def run_as_written(fn, cases=None, seed: int = 0, batch_size: int = 1024, min_batches: int = 8,
                    max_batches: int = 512, resolution: float = RESOLUTION, inputs: str = "x,r,t",
                    dtype: torch.dtype = torch.float64, rtol: float | None = None, progress: bool = False,
-                   name: str | None = None) -> Report:
+                   name: str | None = None, framework: str = "torch") -> Report:
     """Run the as-written battery on ``fn`` (see the module's docstring); ``Report.sampler`` holds
     what its sampler trains. ``dtype``: of ``x0`` (the model computes in float64 and answers
     in the input's dtype); ``rtol``: the floor of the statistic (default ``STATIONARY_RTOL``;
-    float32 losses need about 1e-6)."""
+    float32 losses need about 1e-6); ``framework="jax"``: ``fn(apply, params, x0, key) -> scalar``
+    (``fn(apply, params, x0, labels, key)`` on labelled cases), ``apply(params, x, r, t)`` the
+    exact model of ``mfverify.jax``, ``key`` a ``jax.random`` key per batch; the derivatives are
+    ``jax.grad(fn)(params)["eps"]`` and everything else is this battery."""
     start = time.perf_counter()
+    if framework not in ("torch", "jax"):
+        raise ValueError(f"framework must be 'torch' or 'jax', got {framework!r}")
     cases = tuple(DEFAULT_CASES if cases is None else ([cases] if isinstance(cases, str) else cases))
     _validate(fn, cases, seed, batch_size, min_batches, max_batches, resolution, inputs, dtype, rtol)
     rtol = STATIONARY_RTOL if rtol is None else rtol
     mixtures = [get_case(c) if isinstance(c, str) else c for c in cases]
-    takes_labels = _arity(fn, mixtures)
+    takes_labels = _arity(fn, mixtures, framework)
     rounds = 1 + max(0, math.ceil(math.log(max_batches / min_batches, GROWTH) - 1e-9))
-    first = ExactNetwork(mixtures[0], inputs=inputs, seed=seed)
+    make = ExactNetwork if framework == "torch" else _JaxModel
+    step = _batch if framework == "torch" else _batch_jax
+    first = make(mixtures[0], inputs=inputs, seed=seed)
     m = len(cases) * first.n_smooth * rounds
     z_bar = bonferroni_z(m)
     log, per_case, stats, insufficient, batches_used = CallLog(), {}, [], [], {}
@@ -78,8 +85,8 @@ def run_as_written(fn, cases=None, seed: int = 0, batch_size: int = 1024, min_ba
     reach_sum = torch.zeros(len(first.direction_names), dtype=torch.float64)
     for ci, (case, mixture) in enumerate(zip(cases, mixtures)):
         label = case if isinstance(case, str) else repr(mixture)
-        model = ExactNetwork(mixture, inputs=inputs, seed=seed + 17 * ci)
-        call = lambda b: _batch(fn, model, mixture, batch_size, dtype, seed + 7919 * ci + b, takes_labels)  # noqa: E731
+        model = make(mixture, inputs=inputs, seed=seed + 17 * ci)
+        call = lambda b: step(fn, model, mixture, batch_size, dtype, seed + 7919 * ci + b, takes_labels)  # noqa: E731
         _progress(progress, f"as written: {label}, the model off u* ({REACH_BATCHES} batches)")
         model.offset.fill_(1.0)
         off = torch.stack([call(100_000 + b) for b in range(REACH_BATCHES)])
@@ -167,6 +174,59 @@ def _batch(fn, model, mixture, n, dtype, seed, takes_labels) -> torch.Tensor:
         raise LossError(f"backward through the loss failed: {type(err).__name__}: {err}") from err
     grad = model.eps.grad
     return torch.zeros_like(model.eps.detach()) if grad is None else grad.detach().clone()
+
+
+class _JaxModel:
+    """``mfverify.jax``'s exact model with the bookkeeping of an ``ExactNetwork`` (``offset``: the
+    ``eps`` the batches are differentiated at)."""
+
+    def __init__(self, case, inputs, seed):
+        from mfverify.check.jax_model import exact_model
+
+        self.apply, self.params, self.calls = exact_model(case, inputs=inputs, seed=seed)
+        self.n_smooth, self.direction_names = self.apply.n_smooth, self.apply.direction_names
+        self.cells, self.grid = self.apply.cells, self.apply.grid
+        self.offset = torch.zeros(len(self.direction_names), dtype=torch.float64)
+
+
+def _batch_jax(fn, model, mixture, n, dtype, seed, takes_labels) -> torch.Tensor:
+    """``jax.grad(fn)(params)["eps"]`` (J,) on one batch; the loss's randomness is ``key``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    g = torch.Generator().manual_seed(2 * seed + 1)
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    if takes_labels:
+        x0, labels = mixture.sample_labelled(n, generator=g)
+        data = (jnp.asarray(x0.numpy().astype(np_dtype)), jnp.asarray(labels.numpy()))
+    else:
+        data = (jnp.asarray(mixture.sample(n, generator=g).numpy().astype(np_dtype)),)
+    key = jax.random.PRNGKey(2 * seed)
+    params = {"eps": jnp.asarray(model.offset.numpy()).astype(model.params["eps"].dtype)}
+
+    def scalar(p):
+        try:
+            out = fn(model.apply, p, *data, key)
+        except LossError:
+            raise
+        except Exception as err:  # the user's code: a failure is reported, never a traceback
+            raise LossError(f"the loss raised {type(err).__name__}: {err}") from err
+        if isinstance(out, dict):
+            out = out.get("loss", out)
+        elif isinstance(out, (tuple, list)) and out:
+            out = out[0]
+        if not hasattr(out, "shape") or out.shape not in ((), (1,)):
+            raise LossError(f"the loss returned {getattr(out, 'shape', type(out).__name__)}; expected a scalar "
+                            "(the batch mean)")
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            raise LossError(f"the loss returned a {out.dtype} array; expected a floating-point scalar")
+        return out.reshape(())
+
+    value, grad = jax.value_and_grad(scalar)(params)
+    if not np.isfinite(float(value)):
+        raise LossError("the loss returned a non-finite value at the exact model on the case's data")
+    return torch.from_numpy(np.asarray(grad["eps"], dtype=np.float64).copy())
 
 
 def _scalar(out) -> torch.Tensor:
@@ -330,28 +390,36 @@ def _validate(fn, cases, seed, batch_size, min_batches, max_batches, resolution,
             get_case(case)
 
 
-def _arity(fn, mixtures) -> bool:
-    """Whether ``fn`` takes the labels: ``fn(model, x0)`` or ``fn(model, x0, labels)``."""
+def _arity(fn, mixtures, framework: str = "torch") -> bool:
+    """Whether ``fn`` takes the labels: ``fn(model, x0)`` or ``fn(model, x0, labels)`` (JAX:
+    ``fn(apply, params, x0, key)`` or ``fn(apply, params, x0, labels, key)``)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return False
-    def binds(*args):  # noqa: E306
+
+    def binds(*args):
         try:
             sig.bind(*args)
             return True
         except TypeError:
             return False
-    two, three = binds("model", "x0"), binds("model", "x0", "labels")
+
+    if framework == "jax":
+        plain, labelled_args = ("apply", "params", "x0", "key"), ("apply", "params", "x0", "labels", "key")
+    else:
+        plain, labelled_args = ("model", "x0"), ("model", "x0", "labels")
+    two, three = binds(*plain), binds(*labelled_args)
     labelled = all(getattr(m, "labels", None) is not None for m in mixtures)
     if three and not two:
         if not labelled:
-            raise ValueError("the loss takes (model, x0, labels), but not every case is labelled; give labelled "
-                             "cases (e.g. ring8_labelled)")
+            raise ValueError(f"the loss takes ({', '.join(labelled_args)}), but not every case is labelled; give "
+                             "labelled cases (e.g. ring8_labelled)")
         return True
     if two:
         return False
-    raise TypeError(f"the loss must take (model, x0) or (model, x0, labels); its signature is {sig}")
+    raise TypeError(f"the loss must take ({', '.join(plain)}) or ({', '.join(labelled_args)}); its signature is "
+                    f"{sig}")
 
 
 def _progress(enabled, message):

@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     aw.add_argument("--resolution", type=float, default=as_written.RESOLUTION,
                     help=f"standard error, relative to the derivative's size off u*, at which a case is resolved "
                     f"(default {as_written.RESOLUTION:g})")
+    aw.add_argument("--framework", default="torch", choices=("torch", "jax"),
+                    help="torch: fn(model, x0); jax: fn(apply, params, x0, key), differentiated by jax.grad "
+                    "(needs pip install -e \".[jax]\")")
     aw.add_argument("--dtype", default="float64", choices=("float32", "float64"), help="of the data (default float64)")
     aw.add_argument("--sampler-out", metavar="DIR", help="write what the sampler trains: DIR/sampler.csv and "
                     "DIR/sampler.png (a heatmap of the (r, t) triangle)")
@@ -150,7 +153,7 @@ def main(argv=None) -> int:
             report = run(loss, reference=args.reference, cases=args.cases, options=dict(args.option),
                          seed=args.seed, network=args.network, progress=not args.no_progress,
                          reference_options=dict(args.reference_option) or None, rtol=args.rtol)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(report.table())
@@ -185,4 +188,4 @@ def _run_as_written(args):
     return run_as_written(fn, cases=args.cases, seed=args.seed, batch_size=args.batch_size,
                           min_batches=args.min_batches, max_batches=args.max_batches, resolution=args.resolution,
                           inputs=args.inputs, dtype=getattr(torch, args.dtype), rtol=args.rtol,
-                          progress=not args.no_progress, name=args.as_written)
+                          progress=not args.no_progress, name=args.as_written, framework=args.framework)

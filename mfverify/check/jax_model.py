@@ -18,7 +18,8 @@ caller's dtype. ``x`` may be image-shaped ``(B, ...)``; times are ``(B,)``, ``(B
 or scalars.
 
 The directions are written in JAX: ``wavy`` (``sin(W x + b t + c r + e)``, the torch
-battery's, the same numbers) and ``wavy2`` (another draw). Conventions of the call
+battery's, the same numbers) and ``wavy2`` (another draw), then the cells of the
+triangle ``r < t`` and the diagonal, as in ``ExactNetwork`` (``apply.direction_names``). Conventions of the call
 (``inputs``) and the stand-in for times outside ``[0, 1]`` or ``r > t`` (clamped, ``r``
 lowered to ``t``, counted) are those of ``mfverify.check.ExactNetwork``; labels go to
 the class fields (the null label, ``n_classes`` or ``-1``, to the mixture's). Every
@@ -105,12 +106,31 @@ def exact_model(case, inputs: str = "x,r,t", seed: int = 0):
 
     plain = make_u_star(None)
 
+    grid = host.grid
+    table = np.full((grid, grid), -1, dtype=np.int32)
+    for k, (i, j) in enumerate(host.cells):
+        table[i, j] = k
+    n_cells = len(host.cells)
+
     def directions(x, r, t):
+        """``(n, J, d)``: the smooth directions, then the cells of the triangle and the diagonal
+        (``ExactNetwork``'s layout: a constant unit vector on each cell, chosen without gradient)."""
         out = []
         for W, b, c, e in waves:
             out.append(jnp.sin(x @ jnp.asarray(W, x.dtype).T + t[..., None] * jnp.asarray(b, x.dtype)
                                + r[..., None] * jnp.asarray(c, x.dtype) + jnp.asarray(e, x.dtype)))
-        return jnp.stack(out, axis=-2)  # (..., J, d)
+        smooth = jnp.stack(out, axis=-2)
+        rd, td = jax.lax.stop_gradient(r), jax.lax.stop_gradient(t)
+        inside = (rd >= 0) & (td <= 1) & (rd <= td)
+        diag = inside & (rd == td)
+        i = jnp.clip(jnp.floor(rd * grid), 0, grid - 1).astype(jnp.int32)
+        j = jnp.clip(jnp.floor(td * grid), 0, grid - 1).astype(jnp.int32)
+        cell = jnp.asarray(table)[i, j]
+        off = inside & ~diag & (cell >= 0)
+        weights = jax.nn.one_hot(jnp.where(off, cell, 0), n_cells, dtype=x.dtype) * off[:, None]
+        weights = jnp.concatenate([weights, diag[:, None].astype(x.dtype)], axis=-1)
+        unit = jnp.full((d,), 1 / np.sqrt(d), dtype=x.dtype)
+        return jnp.concatenate([smooth, weights[..., None] * unit], axis=-2)  # (n, J, d)
 
     def times(v, n, dtype):
         v = jnp.asarray(v, dtype)
@@ -129,8 +149,9 @@ def exact_model(case, inputs: str = "x,r,t", seed: int = 0):
         u = u + jnp.einsum("j,...jd->...d", eps, directions(flat, r, t))
         return (sign * u).reshape(shape)
 
-    params = {"eps": jnp.zeros(len(waves))}  # float64 where jax_enable_x64 is set, float32 otherwise
-    apply.direction_names = ["wavy", "wavy2"]
+    names = ["wavy", "wavy2"] + [f"cell {i},{j}" for i, j in host.cells] + ["diagonal"]
+    params = {"eps": jnp.zeros(len(names))}  # float64 where jax_enable_x64 is set, float32 otherwise
+    apply.direction_names, apply.n_smooth, apply.cells, apply.grid = names, len(waves), host.cells, grid
     return apply, params, calls
 
 
