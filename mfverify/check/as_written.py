@@ -108,6 +108,8 @@ def run_as_written(fn, cases=None, seed: int = 0, batch_size: int = 1024, min_ba
         if float(z.max()) <= z_bar and res > resolution:
             insufficient.append(label)
         per_case[label] = {**{f"z_{n}": float(v) for n, v in zip(model.direction_names, z)},
+                           **{f"mean_{n}": float(v) for n, v in zip(model.direction_names, mean[:S])},
+                           **{f"se_{n}": float(v) for n, v in zip(model.direction_names, se[:S])},
                            "batches": len(grads), "resolution": res, "size": size}
         stats.append(float(z.max()))
         reached |= (off != 0).any(0) | (G != 0).any(0)
@@ -336,7 +338,7 @@ def draw_sampler(sampler: dict, path, title: str = "") -> None:
             ax.add_patch(plt.Rectangle((c["r_lo"], c["t_lo"]), 1 / grid, 1 / grid, fill=False, hatch="///",
                                        edgecolor="0.6", linewidth=0))
         ax.text(c["r_lo"] + 0.5 / grid, c["t_lo"] + 0.5 / grid, _short(c["calls"]), ha="center", va="center",
-                fontsize=5)
+                fontsize=6)
     im = ax.imshow(share, origin="lower", extent=(0, 1, 0, 1), cmap="viridis", vmin=0)
     lo, hi = ONE_STEP
     ax.add_patch(plt.Rectangle((0, hi), lo, 1 - hi, fill=False, edgecolor="red", linewidth=1))

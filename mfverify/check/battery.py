@@ -96,7 +96,7 @@ class Report:
         out = {"loss": self.loss, "passed": self.passed,
                "checks": {k: c.to_dict() for k, c in self.checks.items()}, "notes": self.notes}
         if self.sampler is not None:
-            out["sampler"] = {**{k: v for k, v in self.sampler.items() if k != "cells"}, "cells": self.sampler["cells"]}
+            out["sampler"] = dict(self.sampler)
         return out
 
     def to_json(self) -> str:

@@ -331,14 +331,3 @@ class ExactNetwork(torch.nn.Module):
             for p, g in zip(parts, got):
                 p[rows] = g
         return tuple(parts)
-
-    # ---------------------------------------------------------------- bookkeeping
-
-    def reset_calls(self) -> CallLog:
-        """Start a new record of calls; returns the old one."""
-        old, self.calls = self.calls, CallLog()
-        return old
-
-    def cell_of(self, name: str):
-        """``(i, j)`` of a cell direction's name (None for the others)."""
-        return self.cells[self.direction_names.index(name) - self.n_smooth] if name.startswith("cell ") else None
