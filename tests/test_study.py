@@ -111,7 +111,29 @@ def test_the_command_line_names_the_diverged_runs_at_the_end(tiny, tmp_path, cap
     assert main([str(path), "--out", str(tmp_path / "d"), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "run diverged" in err or "runs diverged" in err
-    assert "mf/seed0 at step" in err and "/fm/" not in err
+    assert "ring8/mf/seed0: loss not finite at step" in err and "/fm/" not in err
+
+
+def test_divergence_is_one_definition_a_non_finite_loss_or_a_one_step_error_beyond_the_data():
+    """``divergence.reasons``: the loss's stop, or a one-step error above 3 x sqrt(E|x0 - E x0|^2);
+    ring8's scale is its radius 2 with components of variance 1e-2 per coordinate: sqrt(4 + 0.02)."""
+    from mfverify.cases import get_case
+    from mfverify.study import divergence
+    from mfverify.study.headlines import Results
+
+    m = get_case("ring8")
+    x = m.sample(200_000, generator=__import__("torch").Generator().manual_seed(0))
+    empirical = float((x - x.mean(0)).square().sum(1).mean().sqrt())
+    assert abs(divergence.data_scale("ring8") - empirical) <= 5e-3 * empirical  # Monte Carlo: ~0.1 % at 2e5
+    scale = divergence.data_scale("ring8")
+    runs = [{"case": "ring8", "objective": "scm", "seed": s, "diverged_step": d} for s, d in ((0, ""), (1, "17"), (2, ""))]
+    rows = [{"case": "ring8", "method": "scm", "seed": str(s), "nfe": "1", "metric": "flow_map_mean", "value": repr(v)}
+            for s, v in ((0, 0.9 * 3 * scale), (2, 1.1 * 3 * scale))]
+    why = divergence.reasons(runs, rows)
+    assert set(why) == {("ring8", "scm", "1"), ("ring8", "scm", "2")}
+    assert why[("ring8", "scm", "1")] == "loss not finite at step 17"
+    assert why[("ring8", "scm", "2")].startswith("one-step error")
+    assert Results(Path("."), rows, runs).diverged("ring8", "scm") == 2
 
 
 def test_resolved_config_reads_back(tiny, tmp_path):

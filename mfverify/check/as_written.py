@@ -34,6 +34,7 @@ exactly 0. ``sampler_table`` writes it as rows, ``draw_sampler`` as a heatmap.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import sys
@@ -53,22 +54,27 @@ ONE_STEP = (0.25, 0.75)  # the one-step corner: r < 1/4, t > 3/4
 RESOLUTION = 0.01  # stop when the standard error is 1 % of the derivative's size off u*
 REACH_BATCHES = 8  # batches with the model off u*, per case
 GROWTH = 2  # each round of batches is this many times the last
+HEAVY_TAIL = 10.0  # robust standard deviations: a batch this far out is a heavy tail, not Gaussian noise
 
 
 def run_as_written(fn, cases=None, seed: int = 0, batch_size: int = 1024, min_batches: int = 8,
                    max_batches: int = 512, resolution: float = RESOLUTION, inputs: str = "x,r,t",
                    dtype: torch.dtype = torch.float64, rtol: float | None = None, progress: bool = False,
-                   name: str | None = None, framework: str = "torch") -> Report:
+                   name: str | None = None, framework: str = "torch", jit: bool = True) -> Report:
     """Run the as-written battery on ``fn`` (see the module's docstring); ``Report.sampler`` holds
     what its sampler trains. ``dtype``: of ``x0`` (the model computes in float64 and answers
     in the input's dtype); ``rtol``: the floor of the statistic (default ``STATIONARY_RTOL``;
     float32 losses need about 1e-6); ``framework="jax"``: ``fn(apply, params, x0, key) -> scalar``
     (``fn(apply, params, x0, labels, key)`` on labelled cases), ``apply(params, x, r, t)`` the
     exact model of ``mfverify.jax``, ``key`` a ``jax.random`` key per batch; the derivatives are
-    ``jax.grad(fn)(params)["eps"]`` and everything else is this battery."""
+    ``jax.grad(fn)(params)["eps"]``, compiled once per case with ``jax.jit`` (``jit=False``, or a
+    loss that cannot be traced: op by op), and everything else is this battery. A float64 JAX
+    run needs ``jax_enable_x64`` (the CLI sets it)."""
     start = time.perf_counter()
     if framework not in ("torch", "jax"):
         raise ValueError(f"framework must be 'torch' or 'jax', got {framework!r}")
+    if framework == "jax":
+        _require_x64(dtype)
     cases = tuple(DEFAULT_CASES if cases is None else ([cases] if isinstance(cases, str) else cases))
     _validate(fn, cases, seed, batch_size, min_batches, max_batches, resolution, inputs, dtype, rtol)
     rtol = STATIONARY_RTOL if rtol is None else rtol
@@ -76,11 +82,11 @@ def run_as_written(fn, cases=None, seed: int = 0, batch_size: int = 1024, min_ba
     takes_labels = _arity(fn, mixtures, framework)
     rounds = 1 + max(0, math.ceil(math.log(max_batches / min_batches, GROWTH) - 1e-9))
     make = ExactNetwork if framework == "torch" else _JaxModel
-    step = _batch if framework == "torch" else _batch_jax
+    step = _batch if framework == "torch" else functools.partial(_batch_jax, jit=jit)
     first = make(mixtures[0], inputs=inputs, seed=seed)
     m = len(cases) * first.n_smooth * rounds
     z_bar = bonferroni_z(m)
-    log, per_case, stats, insufficient, batches_used = CallLog(), {}, [], [], {}
+    log, per_case, stats, insufficient, batches_used, tails = CallLog(), {}, [], [], {}, {}
     reached = torch.zeros(len(first.direction_names), dtype=torch.bool)
     reach_sum = torch.zeros(len(first.direction_names), dtype=torch.float64)
     for ci, (case, mixture) in enumerate(zip(cases, mixtures)):
@@ -107,6 +113,7 @@ def run_as_written(fn, cases=None, seed: int = 0, batch_size: int = 1024, min_ba
         batches_used[label] = len(grads)
         if float(z.max()) <= z_bar and res > resolution:
             insufficient.append(label)
+            tails[label] = _tail(G[:, :S])
         per_case[label] = {**{f"z_{n}": float(v) for n, v in zip(model.direction_names, z)},
                            **{f"mean_{n}": float(v) for n, v in zip(model.direction_names, mean[:S])},
                            **{f"se_{n}": float(v) for n, v in zip(model.direction_names, se[:S])},
@@ -125,6 +132,7 @@ def run_as_written(fn, cases=None, seed: int = 0, batch_size: int = 1024, min_ba
     details = {"batches": batches_used, "per_case": per_case}
     if insufficient:
         details["insufficient"] = insufficient
+        details["tail"] = tails
     checks = {"stationary_as_written": CheckResult("stationary_as_written", not failed_z and not insufficient,
                                                    value, rule, details=details)}
     sampler = _sampler(first, log, reached, reach_sum / len(cases))
@@ -136,8 +144,15 @@ def run_as_written(fn, cases=None, seed: int = 0, batch_size: int = 1024, min_ba
                         f"derivative is {value:.3g} standard errors from 0 (worst on {worst}); the loss trains "
                         "something else")
     elif insufficient:
+        heavy = {k: v for k, v in tails.items() if v > HEAVY_TAIL}
+        why = "" if not heavy else (
+            "; the batches' derivatives are heavy-tailed on " + ", ".join(f"{k} (the farthest batch {v:.0f} robust "
+                                                                         "standard deviations from the median)"
+                                                                         for k, v in heavy.items())
+            + ": a few rows dominate the mean (where the exact flow map stretches, near the boundaries between "
+            "the mixture's modes), so the standard error falls slowly")
         notes.insert(0, f"insufficient evidence on {', '.join(insufficient)}: after {max_batches} batches the "
-                        f"standard error is above {resolution:g} of the derivative's size; raise max_batches "
+                        f"standard error is above {resolution:g} of the derivative's size{why}; raise max_batches "
                         "(--max-batches) or the batch size")
     report = Report(name or getattr(fn, "__qualname__", repr(fn)), checks, notes,
                     seconds=time.perf_counter() - start)
@@ -180,7 +195,7 @@ def _batch(fn, model, mixture, n, dtype, seed, takes_labels) -> torch.Tensor:
 
 class _JaxModel:
     """``mfverify.jax``'s exact model with the bookkeeping of an ``ExactNetwork`` (``offset``: the
-    ``eps`` the batches are differentiated at)."""
+    ``eps`` the batches are differentiated at) and the loss's gradient compiled once (``step``)."""
 
     def __init__(self, case, inputs, seed):
         from mfverify.check.jax_model import exact_model
@@ -189,10 +204,17 @@ class _JaxModel:
         self.n_smooth, self.direction_names = self.apply.n_smooth, self.apply.direction_names
         self.cells, self.grid = self.apply.cells, self.apply.grid
         self.offset = torch.zeros(len(self.direction_names), dtype=torch.float64)
+        self.step = None  # jax.jit of the loss's value and gradient, or False once it cannot be traced
 
 
-def _batch_jax(fn, model, mixture, n, dtype, seed, takes_labels) -> torch.Tensor:
-    """``jax.grad(fn)(params)["eps"]`` (J,) on one batch; the loss's randomness is ``key``."""
+class _Untraceable(Exception):
+    """The loss needs concrete values (``float(x)``, numpy on an array, ``if`` on a value): run eagerly."""
+
+
+def _batch_jax(fn, model, mixture, n, dtype, seed, takes_labels, jit=True) -> torch.Tensor:
+    """``jax.grad(fn)(params)["eps"]`` (J,) on one batch; the loss's randomness is ``key``. Compiled
+    with ``jax.jit`` (once per exact model, as a training step is) unless ``jit`` is false or the
+    loss cannot be traced; then it runs op by op."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -206,12 +228,18 @@ def _batch_jax(fn, model, mixture, n, dtype, seed, takes_labels) -> torch.Tensor
         data = (jnp.asarray(mixture.sample(n, generator=g).numpy().astype(np_dtype)),)
     key = jax.random.PRNGKey(2 * seed)
     params = {"eps": jnp.asarray(model.offset.numpy()).astype(model.params["eps"].dtype)}
+    untraceable = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                   jax.errors.TracerIntegerConversionError)
 
-    def scalar(p):
+    def scalar(p, data, key, traced):
         try:
             out = fn(model.apply, p, *data, key)
         except LossError:
             raise
+        except untraceable as err:
+            if traced:
+                raise _Untraceable from err
+            raise LossError(f"the loss raised {type(err).__name__}: {err}") from err
         except Exception as err:  # the user's code: a failure is reported, never a traceback
             raise LossError(f"the loss raised {type(err).__name__}: {err}") from err
         if isinstance(out, dict):
@@ -225,7 +253,18 @@ def _batch_jax(fn, model, mixture, n, dtype, seed, takes_labels) -> torch.Tensor
             raise LossError(f"the loss returned a {out.dtype} array; expected a floating-point scalar")
         return out.reshape(())
 
-    value, grad = jax.value_and_grad(scalar)(params)
+    if not jit:
+        model.step = False
+    if model.step is None:
+        model.step = jax.jit(jax.value_and_grad(lambda p, data, key: scalar(p, data, key, True)))
+    value = grad = None
+    if model.step is not False:
+        try:
+            value, grad = model.step(params, data, key)
+        except _Untraceable:
+            model.step = False
+    if model.step is False:
+        value, grad = jax.value_and_grad(lambda p: scalar(p, data, key, False))(params)
     if not np.isfinite(float(value)):
         raise LossError("the loss returned a non-finite value at the exact model on the case's data")
     return torch.from_numpy(np.asarray(grad["eps"], dtype=np.float64).copy())
@@ -362,6 +401,23 @@ def _short(n: int) -> str:
 
 
 # ------------------------------------------------------------------ inputs
+
+
+def _tail(G: torch.Tensor) -> float:
+    """The farthest batch from the median in robust standard deviations (1.4826 MAD), the largest
+    over directions: about 3 to 4 for Gaussian batch means at 512 batches."""
+    med = G.median(0).values
+    mad = 1.4826 * (G - med).abs().median(0).values
+    return float(((G - med).abs().max(0).values / mad.clamp_min(1e-300)).max())
+
+
+def _require_x64(dtype):
+    from mfverify.check.jax_model import require_jax
+
+    jax, _ = require_jax()
+    if dtype == torch.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("dtype float64 with framework 'jax' needs float64 arrays in JAX: set "
+                         "jax.config.update(\"jax_enable_x64\", True) first, or pass dtype=torch.float32")
 
 
 def _validate(fn, cases, seed, batch_size, min_batches, max_batches, resolution, inputs, dtype, rtol):

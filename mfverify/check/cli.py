@@ -50,12 +50,12 @@ def _is_report(path: Path) -> bool:
     return isinstance(blob, dict) and {"loss", "passed", "checks"} <= set(blob)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "mfverify check") -> argparse.ArgumentParser:
     from mfverify.check import as_written
     from mfverify.check.exact_network import INPUTS
 
     parser = argparse.ArgumentParser(
-        prog="mfverify check", description=__doc__.split("\n\n")[0],
+        prog=prog, description=__doc__.split("\n\n")[0],
         epilog="Exit status: 0 every check passed, 1 one failed, 2 a usage error.")
     parser.add_argument("loss", nargs="?", help="a per-sample loss: a registered objective (e.g. mf) or "
                         "package.module:attr; or give --as-written")
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--network", default="mlp", help="the random networks' kind (default mlp)")
     parser.add_argument("--rtol", type=float, help="relative tolerance of the exact comparisons and the exact "
                         "route, and the floor of the Monte Carlo statistics (default 1e-9 and 1e-8)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the points, networks and batches (default 0)")
     aw = parser.add_argument_group("--as-written")
     aw.add_argument("--inputs", default="x,r,t", choices=INPUTS,
                     help="how the loss calls its network (default x,r,t; x,t,h: h = t - r; reversed: noise at 0)")
@@ -86,14 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     aw.add_argument("--framework", default="torch", choices=("torch", "jax"),
                     help="torch: fn(model, x0); jax: fn(apply, params, x0, key), differentiated by jax.grad "
                     "(needs pip install -e \".[jax]\")")
-    aw.add_argument("--dtype", default="float64", choices=("float32", "float64"), help="of the data (default float64)")
+    aw.add_argument("--dtype", default="float64", choices=("float32", "float64"),
+                    help="of the data (default float64; with --framework jax it turns on jax_enable_x64)")
+    aw.add_argument("--no-jit", action="store_true",
+                    help="--framework jax: run the loss op by op instead of compiling it once per case with "
+                    "jax.jit (a loss that draws with numpy or Python's random needs this: under jit those draws "
+                    "are frozen); a loss that cannot be traced runs op by op anyway")
     aw.add_argument("--sampler-out", metavar="DIR", help="write what the sampler trains: DIR/sampler.csv and "
                     "DIR/sampler.png (a heatmap of the (r, t) triangle)")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON (atomically; an existing file "
                         "is replaced only if it is an earlier report, or with --force)")
     parser.add_argument("--force", action="store_true", help="--json and --sampler-out may replace files that are "
                         "not earlier reports")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     return parser
 
 
@@ -131,8 +136,8 @@ def _check_sampler_out(folder: Path, force: bool) -> None:
                              "folder or pass --force")
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv=None, prog: str = "mfverify check") -> int:
+    args = _parser(prog).parse_args(argv)
     from mfverify.io import write_text
 
     try:
@@ -182,10 +187,17 @@ def _run_as_written(args):
     if per_sample_only:
         raise ValueError(f"{', '.join(per_sample_only)} belong to the per-sample battery, not --as-written (a "
                          "loss as written sets its own options)")
+    if args.no_jit and args.framework != "jax":
+        raise ValueError("--no-jit belongs to --framework jax")
     if args.sampler_out:
         _check_sampler_out(Path(args.sampler_out), args.force)
     fn = _import(args.as_written)
+    if args.framework == "jax" and args.dtype == "float64":
+        from mfverify.check.jax_model import require_jax
+
+        require_jax()[0].config.update("jax_enable_x64", True)
     return run_as_written(fn, cases=args.cases, seed=args.seed, batch_size=args.batch_size,
                           min_batches=args.min_batches, max_batches=args.max_batches, resolution=args.resolution,
                           inputs=args.inputs, dtype=getattr(torch, args.dtype), rtol=args.rtol,
-                          progress=not args.no_progress, name=args.as_written, framework=args.framework)
+                          progress=not args.no_progress, name=args.as_written, framework=args.framework,
+                          jit=not args.no_jit)

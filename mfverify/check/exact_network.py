@@ -72,7 +72,11 @@ def smooth_directions(d: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed + 1)
     W = 1.5 * torch.randn(d, d, generator=g, dtype=torch.float64)
     b, c, e = (torch.randn(d, generator=g, dtype=torch.float64) for _ in range(3))
-    wavy = lambda x, r, t: torch.sin(x @ W.T + t[:, None] * b + r[:, None] * c + e)  # noqa: E731
+
+    def wavy(x, r, t):
+        return torch.sin(x @ W.T + t[:, None] * b + r[:, None] * c + e)
+
+    wavy.numbers = (W, b, c, e)  # for the JAX exact model (mfverify.jax), which writes the same direction
     return {"network": net, "wavy": wavy}
 
 

@@ -17,9 +17,9 @@ Arrays of any float dtype go in; the host computes in float64 and answers in the
 caller's dtype. ``x`` may be image-shaped ``(B, ...)``; times are ``(B,)``, ``(B, 1, ...)``
 or scalars.
 
-The directions are written in JAX: ``wavy`` (``sin(W x + b t + c r + e)``, the torch
-battery's, the same numbers) and ``wavy2`` (another draw), then the cells of the
-triangle ``r < t`` and the diagonal, as in ``ExactNetwork`` (``apply.direction_names``). Conventions of the call
+The directions are ``ExactNetwork``'s, written in JAX with the same numbers: ``network``
+(the random MLP), ``wavy`` (``sin(W x + b t + c r + e)``) and, on labelled cases, ``wavy by
+class``; then the cells of the triangle ``r < t`` and the diagonal (``apply.direction_names``). Conventions of the call
 (``inputs``) and the stand-in for times outside ``[0, 1]`` or ``r > t`` (clamped, ``r``
 lowered to ``t``, counted) are those of ``mfverify.check.ExactNetwork``; labels go to
 the class fields (the null label, ``n_classes`` or ``-1``, to the mixture's). Every
@@ -31,9 +31,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mfverify.check.exact_network import INPUTS, CallLog, ExactNetwork
+from mfverify.check.exact_network import INPUTS, CallLog, ExactNetwork, smooth_directions
 
-__all__ = ["exact_model", "require_jax"]
+__all__ = ["exact_model", "flax_module", "require_jax"]
 
 
 def require_jax():
@@ -46,11 +46,17 @@ def require_jax():
     return jax, jnp
 
 
-def _wavy_numbers(d: int, seed: int):
-    g = torch.Generator().manual_seed(seed + 1)  # smooth_directions' draw: the same W, b, c, e
-    W = 1.5 * torch.randn(d, d, generator=g, dtype=torch.float64)
-    b, c, e = (torch.randn(d, generator=g, dtype=torch.float64) for _ in range(3))
-    return tuple(a.numpy() for a in (W, b, c, e))
+def _smooth_numbers(d: int, seed: int, labelled: bool):
+    """The torch battery's smooth directions as numbers (``smooth_directions(d, seed)``): the
+    random MLP's layers and time frequencies, and the wavy direction's ``W, b, c, e``."""
+    smooth = smooth_directions(d, seed)
+    net = smooth["network"]
+    layers = [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy())
+              for m in net.net if isinstance(m, torch.nn.Linear)]
+    freqs = (net.time_a.freqs.numpy().copy(), net.time_b.freqs.numpy().copy())
+    wavy = tuple(a.numpy().copy() for a in smooth["wavy"].numbers)
+    names = list(smooth) + (["wavy by class"] if labelled else [])
+    return names, layers, freqs, wavy
 
 
 def exact_model(case, inputs: str = "x,r,t", seed: int = 0):
@@ -60,7 +66,8 @@ def exact_model(case, inputs: str = "x,r,t", seed: int = 0):
         raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
     host = ExactNetwork(case, directions={}, inputs="x,r,t", seed=seed)
     d, calls = host.d, CallLog()
-    waves = [_wavy_numbers(d, seed), _wavy_numbers(d, seed + 1000)]
+    labelled = getattr(host.mixture, "labels", None) is not None
+    smooth_names, layers, freqs, wavy = _smooth_numbers(d, seed, labelled)
 
     def derivatives(x, r, t, labels):
         """float64 ``(u, J, d_r u, d_t u)`` on the host for rows of any leading shape."""
@@ -112,13 +119,37 @@ def exact_model(case, inputs: str = "x,r,t", seed: int = 0):
         table[i, j] = k
     n_cells = len(host.cells)
 
-    def directions(x, r, t):
-        """``(n, J, d)``: the smooth directions, then the cells of the triangle and the diagonal
-        (``ExactNetwork``'s layout: a constant unit vector on each cell, chosen without gradient)."""
-        out = []
-        for W, b, c, e in waves:
-            out.append(jnp.sin(x @ jnp.asarray(W, x.dtype).T + t[..., None] * jnp.asarray(b, x.dtype)
-                               + r[..., None] * jnp.asarray(c, x.dtype) + jnp.asarray(e, x.dtype)))
+    def features(s, f):
+        arg = s[:, None] * jnp.asarray(f, s.dtype)
+        return jnp.concatenate([s[:, None], jnp.sin(arg), jnp.cos(arg)], axis=1)
+
+    def network(x, r, t):
+        """The torch battery's random MLP direction (``MeanFlowMLP``: ``x``, features of ``t`` and ``t - r``)."""
+        h = jnp.concatenate([x, features(t, freqs[0]), features(t - r, freqs[1])], axis=1)
+        for k, (weight, bias) in enumerate(layers):
+            h = h @ jnp.asarray(weight, x.dtype).T + jnp.asarray(bias, x.dtype)
+            if k < len(layers) - 1:
+                h = jax.nn.silu(h)
+        return h
+
+    def wavy_direction(x, r, t):
+        W, b, c, e = (jnp.asarray(a, x.dtype) for a in wavy)
+        return jnp.sin(x @ W.T + t[:, None] * b + r[:, None] * c + e)
+
+    def directions(x, r, t, labels):
+        """``(n, J, d)``: the smooth directions (``ExactNetwork``'s: ``network``, ``wavy`` and, on a
+        labelled case, ``wavy`` times ``(-1)^label``, 0 on the null label or without labels), then
+        the cells of the triangle and the diagonal (a constant unit vector on each cell, chosen
+        without gradient)."""
+        w = wavy_direction(x, r, t)
+        out = [network(x, r, t), w]
+        if labelled:
+            if labels is None:
+                sign = jnp.zeros(x.shape[0], x.dtype)
+            else:
+                K = host.mixture.n_classes
+                sign = jnp.where((labels >= 0) & (labels < K), 1.0 - 2.0 * (labels % 2), 0.0).astype(x.dtype)
+            out.append(sign[:, None] * w)
         smooth = jnp.stack(out, axis=-2)
         rd, td = jax.lax.stop_gradient(r), jax.lax.stop_gradient(t)
         inside = (rd >= 0) & (td <= 1) & (rd <= td)
@@ -136,23 +167,91 @@ def exact_model(case, inputs: str = "x,r,t", seed: int = 0):
         v = jnp.asarray(v, dtype)
         return jnp.broadcast_to(v.reshape(-1) if v.size == n else v.reshape(()), (n,))
 
-    def apply(params, x, a, b, labels=None):
+    def evaluate(params, x, a, b, labels, convert):
         x = jnp.asarray(x)
         shape, n = x.shape, x.shape[0]
         flat = x.reshape(n, -1)
         if flat.shape[-1] != d:
             raise ValueError(f"the exact model of a {d}-dimensional case got x of shape {shape}")
-        r, t, sign = _convert(inputs, times(a, n, flat.dtype), times(b, n, flat.dtype))
-        u_star = plain if labels is None else make_u_star(jnp.asarray(labels).reshape(-1))
+        r, t, sign = convert(times(a, n, flat.dtype), times(b, n, flat.dtype))
+        if labels is not None:
+            if not labelled:
+                raise ValueError(f"labels given to the exact model of an unlabelled case ({host.mixture!r})")
+            if np.size(labels) not in (1, n):
+                raise ValueError(f"labels has {np.size(labels)} entries for a batch of {n}")
+            labels = jnp.broadcast_to(jnp.asarray(labels).reshape(-1), (n,))
+        u_star = plain if labels is None else make_u_star(labels)
         u = u_star(flat, r, t)
         eps = jnp.asarray(params["eps"]).astype(flat.dtype)
-        u = u + jnp.einsum("j,...jd->...d", eps, directions(flat, r, t))
+        u = u + jnp.einsum("j,...jd->...d", eps, directions(flat, r, t, labels))
         return (sign * u).reshape(shape)
 
-    names = ["wavy", "wavy2"] + [f"cell {i},{j}" for i, j in host.cells] + ["diagonal"]
+    def apply(params, x, a, b, labels=None):
+        return evaluate(params, x, a, b, labels, lambda a_, b_: _convert(inputs, a_, b_))
+
+    def velocity(params, x, s, labels=None):
+        """The instantaneous velocity ``u(x, t, t)`` (a second head's ``v(x, s)``, ``s`` in the call's clock)."""
+        reversed_clock = inputs.startswith("reversed")
+        return evaluate(params, x, s, s, labels,
+                        lambda a_, _: (1 - a_, 1 - a_, -1.0) if reversed_clock else (a_, a_, 1.0))
+
+    names = smooth_names + [f"cell {i},{j}" for i, j in host.cells] + ["diagonal"]
     params = {"eps": jnp.zeros(len(names))}  # float64 where jax_enable_x64 is set, float32 otherwise
-    apply.direction_names, apply.n_smooth, apply.cells, apply.grid = names, len(waves), host.cells, grid
+    apply.direction_names, apply.n_smooth, apply.cells, apply.grid = names, len(smooth_names), host.cells, grid
+    apply.velocity, apply.inputs = velocity, inputs
+    apply.n_classes = host.mixture.n_classes if labelled else 0  # the null label of a labelled case
     return apply, params, calls
+
+
+def flax_module(apply, labels=None, heads: int = 1, times=None, name: str | None = None):
+    """The exact model as a ``flax.linen`` Module, to stand in for a repository's network.
+
+    Its only parameter is ``eps`` (``{"params": {"eps": (J,)}}``; as a submodule named
+    ``"net"``, ``{"params": {"net": {"eps": ...}}}``). A call ``net(x, a, b, *rest, **kw)``
+    is ``apply({"eps": eps}, x, *times(a, b), labels=...)``:
+
+    - ``labels``: where the call carries the class labels: a position (0 is ``x``: the
+      official MeanFlow's ``net(x, t, h, y)`` is 3, iMF's ``net(x, t, h, omega, t_min,
+      t_max, y)`` is 6) or a keyword (``"y"``); ``None``: no labels;
+    - ``times``: maps the call's two time arguments to ``apply``'s convention
+      (``exact_model(inputs=...)``), e.g. Shortcut's step exponent
+      ``lambda t, k: (t, 2.0 ** -k)`` with ``inputs="reversed,t,h"``; default: as given;
+    - ``heads=2``: returns ``(u, v)``, ``v`` the exact instantaneous velocity at the
+      time ``t`` (iMF's velocity head; its perturbation is the model's at ``r = t``: heads tied).
+
+    Everything else the call passes (guidance scale, interval, ``train``, ``key``) is
+    accepted and ignored: the exact model does not depend on it.
+    """
+    try:
+        import flax.linen as nn
+    except ImportError as err:
+        raise ImportError("mfverify.jax.flax_module needs flax: pip install -e \".[jax]\" (or pip install flax)") \
+            from err
+    if heads not in (1, 2):
+        raise ValueError(f"heads must be 1 (u) or 2 (u, v), got {heads!r}")
+    if isinstance(labels, bool) or (labels is not None and not isinstance(labels, (int, str))):
+        raise ValueError(f"labels must be a position (int, 0 is x), a keyword (str) or None, got {labels!r}")
+    n_eps = len(apply.direction_names)
+
+    class ExactNet(nn.Module):
+        @nn.compact
+        def __call__(self, x, a, b, *rest, **kwargs):
+            eps = self.param("eps", nn.initializers.zeros, (n_eps,))
+            if isinstance(labels, int):
+                if labels < 3 or labels - 3 >= len(rest):
+                    raise TypeError(f"the network call has {3 + len(rest)} positional arguments; labels are "
+                                    f"expected at position {labels}")
+                y = rest[labels - 3]
+            else:
+                y = kwargs.get(labels) if labels is not None else None
+            a, b = (a, b) if times is None else times(a, b)
+            u = apply({"eps": eps}, x, a, b, labels=y)
+            if heads == 1:
+                return u
+            s = b if apply.inputs == "x,r,t" else a  # the time the interval starts from (t)
+            return u, apply.velocity({"eps": eps}, x, s, labels=y)
+
+    return ExactNet(name=name)
 
 
 def _convert(inputs, a, b):

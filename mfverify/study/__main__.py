@@ -8,24 +8,28 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mfverify.study.config import check_runs, list_studies, load_study, study_presets, with_objectives
+from mfverify.study import divergence
+from mfverify.study.config import (check_runs, defaults_in_effect, ema_warning, list_studies, load_study,
+                                   study_presets, with_objectives)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mfverify.study", description=__doc__)
+def main(argv=None, prog: str = "mfverify study") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Run a study: train its objectives on its cases over its "
+                                     "seeds, then write results.csv, the tables, the figures and summary.md "
+                                     "(and claims.md for the claims study) into one folder.")
     parser.add_argument("name", nargs="?", help="a study name (see --list) or the path of a study TOML file")
     parser.add_argument("--list", action="store_true", help="list the studies and exit")
     parser.add_argument("--preset", help="a preset of the study, e.g. quick | default | paper "
                         "(default: 'default' where the study has one, else the study as written)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the study's device")
-    parser.add_argument("--seeds", type=int, help="override the number of seeds")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the study's device (default: the study's; auto picks cuda when present)")
+    parser.add_argument("--seeds", type=int, help="override the number of seeds (default: the preset's)")
     parser.add_argument(
         "--objectives", help="override the objectives: comma-separated names or package.module:attr (e.g. fm,mf,my_pkg:loss)"
     )
-    parser.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes, one torch thread each")
+    parser.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes, one torch thread each (default 1)")
     parser.add_argument("--executor", choices=["serial", "processes", "ray"],
                         help="where runs execute (default: serial for --jobs 1, else processes); "
-                        "ray needs pip install -e \".[ray]\"")
+                        "ray needs the ray extra: pip install \"mfverify[ray]\" (in a clone: pip install -e \".[ray]\")")
     parser.add_argument("--address", help="--executor ray: a running cluster's address (auto | HOST:PORT); "
                         "without it a local cluster of --jobs CPUs is started and stopped")
     parser.add_argument("--ensemble", action="store_true",
@@ -59,9 +63,17 @@ def main(argv=None) -> int:
         if args.objectives is not None:
             study = with_objectives(study, [o.strip() for o in args.objectives.split(",") if o.strip()])
         check_runs(study, study.source)  # the overridden study too (--device cuda without CUDA)
+        unset = defaults_in_effect(args.name, preset)
     except (ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if unset and not args.resume:
+        print("defaults in effect (the study file's [train] does not set them): "
+              + ", ".join(f"{k} = {v}" for k, v in unset.items())
+              + " (objectives_compare sets lr_schedule = cosine, ema_decay = 0.995, p = 1, c = 0.03)", file=sys.stderr)
+    warnings = {ema_warning(study.run_config(study.study.cases_for(o)[0], o, 0)) for o in study.study.objectives}
+    for warning in sorted(w for w in warnings if w):
+        print(f"warning: {warning}", file=sys.stderr)
     from mfverify.study.runner import run_study
 
     if args.resume:
@@ -86,23 +98,38 @@ def main(argv=None) -> int:
               f"--resume {out} continues after a fix", file=sys.stderr)
         return 1
     print(f"{args.name} ({preset or 'as written'}) finished in {time.perf_counter() - start:.0f} s: {out}")
-    print(f"  {out / 'summary.md'}\n  {out / 'results.csv'}")
+    print(written_files(out))
     diverged = diverged_runs(out)
     if diverged:
-        print(f"warning: {len(diverged)} run{'s' if len(diverged) > 1 else ''} diverged (a non-finite loss; no "
-              f"metrics, its training stopped there): {', '.join(diverged)} (runs.csv: diverged_step)", file=sys.stderr)
+        print(f"warning: {len(diverged)} run{'s' if len(diverged) > 1 else ''} diverged ({divergence.RULE}): "
+              f"{'; '.join(diverged)} (summary.md: Training runs)", file=sys.stderr)
     return 0
 
 
+def written_files(out: Path) -> str:
+    """What a study wrote at the top of ``out``, one line per name with its formats (``error_vs_nfe.{pdf,png}``),
+    the summary and the claims first."""
+    stems: dict[str, list[str]] = {}
+    for path in sorted(out.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            stems.setdefault(path.stem, []).append(path.suffix.lstrip("."))
+    first = [s for s in ("summary", "claims") if s in stems]
+    lines = []
+    for stem in first + [s for s in stems if s not in first]:
+        kinds = stems[stem]
+        lines.append(f"  {out / stem}.{kinds[0] if len(kinds) == 1 else '{' + ','.join(kinds) + '}'}")
+    return "\n".join(lines)
+
+
 def diverged_runs(out: Path) -> list[str]:
-    """``case/objective/seed at step k`` of the runs of ``out`` whose loss went non-finite."""
+    """``case/objective/seedN: why`` of the runs of ``out`` that diverged (``mfverify.study.divergence``)."""
     from mfverify.study.store import read_csv
 
-    path = out / "runs.csv"
-    if not path.is_file():
+    if not (out / "runs.csv").is_file():
         return []
-    return [f"{r['case']}/{r['objective']}/seed{r['seed']} at step {r['diverged_step']}" for r in read_csv(path)
-            if r.get("diverged_step")]
+    rows = read_csv(out / "results.csv") if (out / "results.csv").is_file() else []
+    return [f"{case}/{objective}/seed{seed}: {why}"
+            for (case, objective, seed), why in divergence.reasons(read_csv(out / "runs.csv"), rows).items()]
 
 
 if __name__ == "__main__":

@@ -312,6 +312,56 @@ def _section(file, name, table, base, label=None):
         raise ValueError(f"{file}: [{label}]: {err}") from err
 
 
+def _sets(table, key) -> bool:
+    return isinstance(table, dict) and key in table
+
+
+def _capped(table, listed_w2: bool):
+    """``[eval]`` with ``w2_samples`` lowered to ``n_noise`` where the file never sets it (the default,
+    1024, is for the default ``n_noise``: W2 is computed on the first ``w2_samples`` samples)."""
+    n = table.get("n_noise") if isinstance(table, dict) else None
+    if listed_w2 or isinstance(n, bool) or not isinstance(n, int):
+        return table
+    return {**table, "w2_samples": min(EvalConfig.w2_samples, n)}
+
+
+# [train] keys a study file should set, and objectives_compare's values (docs/studies.md: defaults)
+STATED_DEFAULTS = ("steps", "batch", "lr", "lr_schedule", "ema_decay", "p", "c", "time_sampler", "frac_r_eq_t")
+
+
+def defaults_in_effect(name_or_path, preset: str | None = None) -> dict:
+    """``{key: value}`` of the ``[train]`` keys in ``STATED_DEFAULTS`` that neither the file's
+    ``[train]`` nor the preset's sets: the run takes ``TrainConfig``'s defaults for them."""
+    data = _read(_study_file(name_or_path))
+    given = set(data.get("train", {})) if isinstance(data.get("train"), dict) else set()
+    table = data.get("presets", {}).get(preset, {}) if preset else {}
+    if isinstance(table, dict) and isinstance(table.get("train"), dict):
+        given |= set(table["train"])
+    defaults = TrainConfig()
+    return {k: getattr(defaults, k) for k in STATED_DEFAULTS if k not in given}
+
+
+def ema_warning(train) -> str | None:
+    """A sentence when the EMA's horizon ``1 / (1 - ema_decay)`` is longer than the training: the
+    EMA model, which is evaluated, is then mostly its initial weights."""
+    if train.ema_decay <= 0:
+        return None
+    horizon = 1 / (1 - train.ema_decay)
+    if horizon <= train.steps:
+        return None
+    kept = train.ema_decay ** train.steps
+    return (f"ema_decay = {train.ema_decay:g} averages over about {horizon:.0f} steps, more than the {train.steps} "
+            f"steps of training: the evaluated EMA model keeps {kept:.0%} of its initial weights; set [train] "
+            f"ema_decay below {1 - 1 / train.steps:.4g} (objectives_compare: 0.995 over 4000 steps)")
+
+
+def possible_baselines(objectives) -> tuple:
+    """The baselines a study gets when it lists none: the exact ones, and those made from a trained
+    model (``fm_euler``, ``fm_heun``) only where that model's objective is listed."""
+    listed = set(objectives) if isinstance(objectives, (list, tuple)) else set()
+    return tuple(b for b in BASELINES if b not in MODEL_BASELINES or MODEL_BASELINES[b][0] in listed)
+
+
 def _study_file(name_or_path) -> Path:
     path = Path(name_or_path)
     if path.suffix != ".toml":
@@ -370,10 +420,19 @@ def _resolve(path: Path, data: dict, preset: str | None) -> Study:
             "network_options, overrides, presets"
         )
     base = {"study": StudySpec(), "train": TrainConfig(), "eval": EvalConfig()}
-    resolved = {"study": _section(path, "study", data.get("study", {}), base["study"])}
+    study_table = data.get("study", {})
+    listed_baselines = isinstance(study_table, dict) and "baselines" in study_table
+    if not listed_baselines:  # the baselines this study's objectives make possible (fm_euler needs fm)
+        base["study"] = replace(base["study"], baselines=possible_baselines(
+            study_table.get("objectives", base["study"].objectives) if isinstance(study_table, dict) else ()))
+    resolved = {"study": _section(path, "study", study_table, base["study"])}
     # [train] is checked on the study's first case (conditional = true needs a labelled one)
     base["train"] = replace(base["train"], case=resolved["study"].cases[0])
-    resolved.update({n: _section(path, n, data.get(n, {}), base[n]) for n in ("train", "eval")})
+    listed_w2 = _sets(data.get("eval"), "w2_samples") or any(_sets(t.get("eval"), "w2_samples")
+                                                               for t in data.get("presets", {}).values()
+                                                               if isinstance(t, dict))
+    resolved.update({n: _section(path, n, _capped(data.get(n, {}), listed_w2) if n == "eval" else data.get(n, {}),
+                                 base[n]) for n in ("train", "eval")})
     options = {n: _option_tables(path, n, data.get(n, {}), {}) for n in OPTION_FIELDS}
     presets = data.get("presets", {})
     if preset is not None:
@@ -385,7 +444,13 @@ def _resolve(path: Path, data: dict, preset: str | None) -> Study:
             raise ValueError(f"{path}: unknown section(s) {sorted(bad)} in [presets.{preset}]")
         for n in SECTIONS:
             if n in table:
-                resolved[n] = _section(path, n, table[n], resolved[n], label=f"presets.{preset}.{n}")
+                section = table[n]
+                if n == "study" and isinstance(section, dict) and not listed_baselines \
+                        and "baselines" not in section and "objectives" in section:
+                    section = {**section, "baselines": list(possible_baselines(section["objectives"]))}
+                if n == "eval":
+                    section = _capped(section, listed_w2)
+                resolved[n] = _section(path, n, section, resolved[n], label=f"presets.{preset}.{n}")
                 if n == "study":
                     resolved["train"] = replace(resolved["train"], case=resolved["study"].cases[0])
         for n in OPTION_FIELDS:
@@ -419,10 +484,12 @@ def _option_tables(file, label, tables, base: dict) -> dict:
 
 
 def with_objectives(study: Study, names) -> Study:
-    """The study with another list of objectives; overrides and options of dropped ones go."""
+    """The study with another list of objectives; overrides and options of dropped ones go, and so do
+    the baselines made from a dropped objective's model (``fm_euler`` without ``fm``)."""
     keep = lambda pairs: tuple((k, v) for k, v in pairs if k in names)  # noqa: E731
     names = tuple(names)
-    spec = replace(study.study, objectives=names, seeds_of=keep(study.study.seeds_of),
+    baselines = tuple(b for b in study.study.baselines if b not in MODEL_BASELINES or MODEL_BASELINES[b][0] in names)
+    spec = replace(study.study, objectives=names, baselines=baselines, seeds_of=keep(study.study.seeds_of),
                    cases_of=keep(study.study.cases_of))
     out = replace(study, study=spec, overrides=keep(study.overrides), objective_options=keep(study.objective_options))
     check_runs(out, study.source or "study")

@@ -442,12 +442,12 @@ def build(out, style=None, formats=FORMATS) -> list[Path]:
     return written
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mfverify.study.figures",
-                                     description="Redraw every figure of a finished study from its CSVs.")
+def main(argv=None, prog: str = "mfverify figures") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Redraw every figure of a finished study from its CSVs.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("dir", help="the study's output folder")
-    parser.add_argument("--style", default=None, help="a matplotlib style name or .mplstyle file")
-    parser.add_argument("--format", default=",".join(FORMATS), help="comma-separated: pdf,png (default both)")
+    parser.add_argument("--style", default=None, help="a matplotlib style name or .mplstyle file (default: mfverify's)")
+    parser.add_argument("--format", default=",".join(FORMATS), help="comma-separated: pdf,png")
     args = parser.parse_args(argv)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     if args.style is not None and args.style not in plt.style.available and not Path(args.style).is_file():

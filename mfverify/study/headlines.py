@@ -86,7 +86,11 @@ class Results:
         return sum(float(r["wall_seconds"]) / int(r["steps"]) for r in recs) / len(recs)
 
     def diverged(self, case, method) -> int:
-        return sum(1 for r in self.runs if r["case"] == case and r["objective"] == method and r["diverged_step"] != "")
+        """Seeds of ``method`` on ``case`` that diverged (``mfverify.study.divergence``: a non-finite loss,
+        or a one-step error beyond 3 x the data's scale)."""
+        from mfverify.study.divergence import reasons
+
+        return sum(1 for (c, m, _) in reasons(self.runs, self.rows) if c == case and m == method)
 
 
 def _verdict(flags) -> str:
@@ -291,8 +295,8 @@ def markdown(rows) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mfverify.study.headlines", description=__doc__.splitlines()[0])
+def main(argv=None, prog: str = "mfverify headlines") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("relatives", help="a finished relatives_compare study folder (the outputs go there)")
     parser.add_argument("--guided", help="a finished relatives_guided study folder")
     parser.add_argument("--points", type=int, help="points of the training law for the exact quantities "

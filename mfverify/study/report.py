@@ -12,7 +12,7 @@ import torch
 
 from mfverify import objectives
 from mfverify.io import write_text
-from mfverify.study import tables
+from mfverify.study import divergence, tables
 from mfverify.study.config import Study
 from mfverify.study.figures import build
 from mfverify.study.store import COLUMNS, RUN_COLUMNS, csv_text, read_csv, run_dir, slug, truth_path
@@ -104,9 +104,12 @@ def _what_runs_are(study: Study) -> list[str]:
 
 
 def summary(study: Study, rows, records, out: Path | None = None) -> str:
+    r0 = [o for o in study.study.objectives if objectives.get(study.study.objective_of(o)).trained_at_r0]
+    at_r0 = (f"; {', '.join(r0)} {'is' if len(r0) == 1 else 'are'} trained at r = 0 only, so "
+             f"{'it is' if len(r0) == 1 else 'they are'} reported at NFE 1") if r0 else ""
     lines = [f"# {study.study.name}", "", f"Seeds: {study.study.seeds}. Mean ± std over seeds "
              "(the exact_* baselines are deterministic). Metric: flow_map_mean = mean |x_gen - Phi(x1, 1 -> 0)|; "
-             "Heun's NFE is 2 per step; scm is trained at r = 0 only, so it is reported at NFE 1.", ""]
+             f"Heun's NFE is 2 per step{at_r0}.", ""]
     lines += _what_runs_are(study)
     for case in study.study.cases:
         sub = [r for r in rows if r["case"] == case and r["metric"] == "flow_map_mean"]
@@ -126,9 +129,11 @@ def summary(study: Study, rows, records, out: Path | None = None) -> str:
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
         lines += _figure_links(out, case)
-    lines += ["## Training runs", "", "| case | objective | seed | steps | wall s | final loss | diverged at |",
-              "|---|---|---|---|---|---|---|"]
+    diverged = divergence.reasons(records, rows)
+    lines += ["## Training runs", "", f"Diverged: {divergence.RULE}.", "",
+              "| case | objective | seed | steps | wall s | final loss | diverged |", "|---|---|---|---|---|---|---|"]
     for rec in records:
+        why = diverged.get((rec["case"], rec["objective"], str(rec["seed"])), "")
         lines.append(f"| {rec['case']} | {rec['objective']} | {rec['seed']} | {rec['steps']} | "
-                     f"{rec['wall_seconds']} | {float(rec['final_loss']):.4g} | {rec['diverged_step']} |")
+                     f"{rec['wall_seconds']} | {float(rec['final_loss']):.4g} | {why} |")
     return "\n".join(lines) + "\n"

@@ -517,12 +517,14 @@ def _check_sampled(n_points: int, d: int, n_directions: int, points: str = "n_po
                          f"{math.ceil(n_directions / d)}, many more for a stable estimate")
 
 
-def main(argv=None) -> int:
-    """``python -m mfverify.stability [--case ring8] [--points N] [--features P]``: the table of C12."""
+def main(argv=None, prog: str = "mfverify stability") -> int:
+    """``mfverify stability [--case ring8] [--points N] [--features P]``: the table of C12 (MATH.md §7):
+    per objective, the smallest real part of the eigenvalues of the linearised training operator at
+    ``u*`` with a bootstrap interval."""
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m mfverify.stability", description=main.__doc__,
+    parser = argparse.ArgumentParser(prog=prog, description=main.__doc__.split("``: ", 1)[1],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      epilog="Exit status: 0 the table was printed, 2 a usage error.")
     parser.add_argument("--case", default="ring8", help="a named case")
@@ -536,7 +538,7 @@ def main(argv=None) -> int:
     parser.add_argument("--network", metavar="CHECKPOINT", default=None,
                         help="directions: the tangent features of this checkpoint's EMA network (random directions "
                              "in its parameter space) instead of Fourier features")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the points, directions and bootstrap")
     args = parser.parse_args(argv)
     from mfverify.cases import get_case
 

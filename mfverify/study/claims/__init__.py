@@ -11,8 +11,11 @@ study folder. ``python -m mfverify.study.claims DIR`` recomputes them from a fin
 ``claims.csv`` has the columns ``claim, statement, source, case, metric, value, rule,
 verdict``: one or more rows per claim (``C1`` ... ``C13``; extra findings ``X1``, ...), the
 claim's verdict on each of its rows. Verdicts: ``holds`` (the rule holds on every part),
-``fails`` (on none), ``partly``; extra findings are ``observed``. Each rule is written next
-to its claim, in the code and in the report, and applied to the numbers by the code.
+``fails`` (on none), ``partly``; ``insufficient`` where the runs are too little evidence for
+the comparison (``context.EVIDENCE_RULE``: seeds, steps, timing rounds; a row gives the
+reason), ``undetermined`` where a timing comparison's rounds straddle its threshold; extra
+findings are ``observed``. Each rule is written next to its claim, in the code and in the
+report, and applied to the numbers by the code.
 
 Trained numbers are ``flow_map_mean`` at an NFE, mean (and standard error) over seeds;
 "a below b" means below by more than twice the standard error of the difference of the seed
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 
 from mfverify.io import write_text
-from mfverify.study.claims.context import COLUMNS, DEFAULTS, Context
+from mfverify.study.claims.context import COLUMNS, DEFAULTS, EVIDENCE_RULE, Context
 from mfverify.study.claims.exact import (c1_exact_generation, c2_honest_regression, c7_stationary, c8_reduces_to_fm,
                                          c12_stability)
 from mfverify.study.claims.trained import (c3_c4_cost, c5_nosg, c6_scm, c9_shortcut, c10_ablations, c11_scm,
@@ -67,8 +70,14 @@ def markdown(study, rows, out: Path) -> str:
              f"{study.study.seeds} seeds unless said). Each claim with its source, the rule its verdict comes from, "
              "and the measured numbers; one-step errors are flow_map_mean = mean |x_gen - Phi(x1, 1 -> 0)| at NFE 1, "
              "mean over seeds. \"a below b\": by more than 2 standard errors of the seed means. The study's own "
-             "tables and figures are in [summary.md](summary.md).", "",
-             "| claim | verdict | statement |", "|---|---|---|"]
+             "tables and figures are in [summary.md](summary.md).", "", f"Evidence: {EVIDENCE_RULE}.", ""]
+    short = [r["claim"] for r in rows if r["verdict"] == "insufficient" and r["metric"] == "insufficient evidence"]
+    if short:
+        lines += [f"**A smoke test.** {', '.join(short)} {'is' if len(short) == 1 else 'are'} insufficient: this run "
+                  f"trained {study.train.steps} steps with {study.study.seeds} seed{'' if study.study.seeds == 1 else 's'}"
+                  " (see each claim's reason). Its numbers show that the pipeline runs, not what the claims say; the "
+                  "default preset decides them.", ""]
+    lines += ["| claim | verdict | statement |", "|---|---|---|"]
     claims = list(dict.fromkeys(r["claim"] for r in rows))
     for claim in claims:
         first = next(r for r in rows if r["claim"] == claim)
@@ -106,12 +115,13 @@ def report(study, out) -> None:
           file=sys.stderr)
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "mfverify claims") -> int:
     from mfverify.study.config import load_study
 
-    parser = argparse.ArgumentParser(prog="python -m mfverify.study.claims",
-                                     description="recompute claims.csv and claims.md of a finished claims study folder")
-    parser.add_argument("folder")
+    parser = argparse.ArgumentParser(prog=prog, description="recompute claims.csv and claims.md of a finished claims "
+                                     "study folder (mfverify study claims writes them at the end of a run)")
+    parser.add_argument("folder", help="the finished study's output folder (it holds config.toml and results.csv); "
+                        "claims.csv and claims.md are written there")
     args = parser.parse_args(argv)
     folder = Path(args.folder)
     try:

@@ -10,7 +10,19 @@ from mfverify.study.headlines import Results, _verdict
 
 COLUMNS = ["claim", "statement", "source", "case", "metric", "value", "rule", "verdict"]
 SEED_NOTE = "Geng, Deng, Bai, Kolter, He: Mean Flows for One-step Generative Modeling, arXiv 2505.13447"
-SEED = "the seed's blog post and MATH.md"
+SU_2025 = ('Su Jianlin, "Generative diffusion model notes (30): from instantaneous velocity to average '
+           'velocity", kexue.fm/archives/10958, 2025-05-26')
+SEED = SU_2025 + "; derivations in docs/MATH.md"  # the source of the claims the seed states
+
+# the evidence a comparative verdict needs; with less it is "insufficient", never a verdict
+EVIDENCE_SEEDS = 3  # seeds of each compared method (C3: the 5 its statement names)
+EVIDENCE_STEPS = 1000  # training steps of the runs compared
+EVIDENCE_ROUNDS = 10  # interleaved rounds of a timing comparison
+EVIDENCE_RULE = (f"a comparative verdict needs >= {EVIDENCE_SEEDS} seeds of each method it compares (C3: the 5 its "
+                 f"statement names) trained >= {EVIDENCE_STEPS} steps, and a timing verdict >= {EVIDENCE_ROUNDS} "
+                 "interleaved rounds; with less it is insufficient. A timing verdict whose rounds straddle its "
+                 "threshold (lower quartile below, upper above) is undetermined. The exact claims (C1, C2, C6-C8, "
+                 "C12) have their verdicts at any budget")
 
 # sizes of the report's own computations ([study] report_options overrides them)
 DEFAULTS = {
@@ -52,7 +64,34 @@ class Context:
             print(f"  claims: {message}", file=sys.stderr, flush=True)
 
 
-def _rows(claim, statement, source, rule, flags, items, verdict=None):
+def shortfall(ctx, methods=(), seeds: int | None = None, rounds: int | None = None) -> str | None:
+    """Why the runs of ``methods`` (and ``rounds`` of timing) are too little evidence for a
+    comparative verdict, or ``None`` when they are enough (``EVIDENCE_RULE``)."""
+    seeds = EVIDENCE_SEEDS if seeds is None else seeds
+    reasons = []
+    if methods and ctx.steps < EVIDENCE_STEPS:
+        reasons.append(f"{ctx.steps} training steps (a verdict needs >= {EVIDENCE_STEPS})")
+    for method in methods:
+        counts = [_seeds(ctx, case, method) for case in ctx.cases_with(method)]
+        if counts and min(counts) < seeds:
+            n = min(counts)
+            reasons.append(f"{n} seed{'' if n == 1 else 's'} of {method} (needs >= {seeds})")
+    if rounds is not None and rounds < EVIDENCE_ROUNDS:
+        reasons.append(f"{rounds} timing rounds (needs >= {EVIDENCE_ROUNDS})")
+    return "; ".join(reasons) or None
+
+
+def _seeds(ctx, case, method) -> int:
+    try:
+        return ctx.res.stats(case, method)[2]
+    except KeyError:  # no metrics: every seed diverged
+        return 0
+
+
+def _rows(claim, statement, source, rule, flags, items, verdict=None, short=None):
+    """The claim's rows; ``short`` (a ``shortfall``): the verdict is ``insufficient`` and a row says why."""
+    if short:
+        verdict, items = "insufficient", list(items) + [("-", "insufficient evidence", short)]
     verdict = verdict or _verdict(flags)
     return [{"claim": claim, "statement": statement, "source": source, "case": case, "metric": metric,
              "value": value, "rule": rule, "verdict": verdict} for case, metric, value in items]

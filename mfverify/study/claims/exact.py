@@ -123,7 +123,7 @@ def c8_reduces_to_fm(ctx: Context) -> list:
 def c12_stability(ctx: Context) -> list:
     from mfverify.theory import stability
 
-    statement = ("The stationary point u* of the stop-gradient objectives is stable (the seed: 'stability is unclear'): "
+    statement = ("The stationary point u* of the stop-gradient objectives is stable (Su 2025: 'stability is unclear'): "
                  "min Re lambda of the linearised pseudo-gradient operator G^-1 H (MATH.md §7) on Fourier directions; "
                  "and MATH.md §7's formula for the symmetric part of mf's H is right")
     rule = ("per (objective, law) on the study's law: stable if the lower end of the 95 % bootstrap interval of "
