@@ -14,6 +14,7 @@ from mfverify import objectives
 from mfverify.io import write_text
 from mfverify.study import divergence, tables
 from mfverify.study.config import Study
+from mfverify.study.environment import stamp
 from mfverify.study.figures import build
 from mfverify.study.store import COLUMNS, RUN_COLUMNS, csv_text, read_csv, run_dir, slug, truth_path
 
@@ -107,7 +108,8 @@ def summary(study: Study, rows, records, out: Path | None = None) -> str:
     r0 = [o for o in study.study.objectives if objectives.get(study.study.objective_of(o)).trained_at_r0]
     at_r0 = (f"; {', '.join(r0)} {'is' if len(r0) == 1 else 'are'} trained at r = 0 only, so "
              f"{'it is' if len(r0) == 1 else 'they are'} reported at NFE 1") if r0 else ""
-    lines = [f"# {study.study.name}", "", f"Seeds: {study.study.seeds}. Mean ± std over seeds "
+    stamped = [stamp(out, study.study.name), ""] if out is not None else []
+    lines = [f"# {study.study.name}", "", *stamped, f"Seeds: {study.study.seeds}. Mean ± std over seeds "
              "(the exact_* baselines are deterministic). Metric: flow_map_mean = mean |x_gen - Phi(x1, 1 -> 0)|; "
              f"Heun's NFE is 2 per step{at_r0}.", ""]
     lines += _what_runs_are(study)

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from mfverify.io import write_text
+from mfverify.study.environment import stamp
 from mfverify.study.claims.context import COLUMNS, DEFAULTS, EVIDENCE_RULE, Context
 from mfverify.study.claims.exact import (c1_exact_generation, c2_honest_regression, c7_stationary, c8_reduces_to_fm,
                                          c12_stability)
@@ -65,7 +66,7 @@ def _cell(text) -> str:
 
 
 def markdown(study, rows, out: Path) -> str:
-    lines = ["# Claims, measured", "",
+    lines = ["# Claims, measured", "", stamp(out, study.study.name), "",
              f"`python -m mfverify.study claims` (study `{study.study.name}`, {study.train.steps} training steps, "
              f"{study.study.seeds} seeds unless said). Each claim with its source, the rule its verdict comes from, "
              "and the measured numbers; one-step errors are flow_map_mean = mean |x_gen - Phi(x1, 1 -> 0)| at NFE 1, "
