@@ -273,3 +273,35 @@ def test_a_users_copy_of_a_table_beside_the_study_is_not_drawn_over_their_files(
     assert figures.build(tmp_path, formats=("png",)) == [tmp_path / "error_vs_nfe_ring8"]
     assert (tmp_path / "error_vs_nfe_backup.png").read_bytes() == b"my own picture"
     assert "error_vs_nfe_backup.csv left alone" in capsys.readouterr().err
+
+
+def test_every_figure_fits_a_double_column_at_print_size(study_out):
+    """Issue 26: each PNG at its saved size (150 dpi) is at most 7 in wide and 9 in tall, and no visible
+    text of any figure is below 6 pt; a grid with more methods than a page holds comes in parts."""
+    import struct
+
+    import matplotlib.text
+
+    _, out = study_out
+    pngs = sorted(out.glob("*.png"))
+    assert pngs
+    for png in pngs:
+        width, height = struct.unpack(">II", png.read_bytes()[16:24])
+        assert width <= figures.WIDTH * 150 and height <= figures.MAX_HEIGHT * 150, (png.name, width, height)
+    assert (out / "samples_ring8_part2.png").exists()  # 8 methods (3 objectives, 5 baselines) > 5 rows
+    for kind, path in figures.figure_tables(out):
+        table = figures.read_table(path, kind)
+        if kind == "error_vs_nfe":
+            drawn = [figures.error_vs_nfe(table)]
+        elif kind == "samples":
+            drawn = figures.samples_parts(table, figures.read_table(path.with_name("density_" + path.name[8:]),
+                                                                    "density"))
+        else:
+            drawn = figures.field_error_parts(table)
+        for fig in drawn:
+            fig.canvas.draw()
+            sizes = [(t.get_fontsize(), t.get_text()) for t in fig.findobj(matplotlib.text.Text)
+                     if t.get_visible() and t.get_text().strip()]
+            smallest = min(sizes)
+            assert smallest[0] >= figures.MIN_FONT, (path.name, smallest)
+            figures.plt.close(fig)

@@ -422,6 +422,8 @@ def _resolve(path: Path, data: dict, preset: str | None) -> Study:
     base = {"study": StudySpec(), "train": TrainConfig(), "eval": EvalConfig()}
     study_table = data.get("study", {})
     listed_baselines = isinstance(study_table, dict) and "baselines" in study_table
+    if isinstance(study_table, dict) and "name" not in study_table:  # a user's file: named after itself
+        base["study"] = replace(base["study"], name=path.stem)
     if not listed_baselines:  # the baselines this study's objectives make possible (fm_euler needs fm)
         base["study"] = replace(base["study"], baselines=possible_baselines(
             study_table.get("objectives", base["study"].objectives) if isinstance(study_table, dict) else ()))

@@ -14,7 +14,12 @@ draws them the same way. One function per figure, table in,
   generated samples over the true density, with thin segments from a few hundred
   samples to their exact images ``Phi(x1, 1 -> 0)`` (the same noise in every panel);
 - ``field_error_maps``: per trained objective, the relative field error
-  ``E|u_theta - u|^2 / E|u|^2`` on a grid of ``(r, t)``, ``r <= t``.
+  ``E|u_theta - u|^2 / E|u|^2`` on a grid of ``(r, t)``, ``r <= t``, each panel on its
+  own colour scale.
+
+Every figure fits a double column at print size (7 in wide, at most 9 in tall, no
+text below 6 pt); a grid with more methods than a page holds is drawn in parts
+(``samples_<case>_part2.png``, ...; ``samples_parts``, ``field_error_parts``).
 
 Colours are the Okabe-Ito colour-blind-safe set (objectives) and greys (exact
 baselines); a model baseline takes its objective's colour; every method also has
@@ -36,8 +41,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from mfverify.io import write_bytes  # noqa: E402
 from mfverify.study.store import slug  # noqa: E402
@@ -50,6 +56,11 @@ EXACT_MARKERS = ["*", "d", "p"]
 MODEL_BASELINE_LINES = [("--", ">"), (":", "<"), ("-.", "1")]
 SEGMENTS = 300  # samples joined to their exact image in each samples panel
 FORMATS = ("pdf", "png")
+# print sizes (inches at 150 dpi): a double column is 7 in wide, a page leaves 9 in of height; no text
+# below 6 pt. A grid with more rows than fit is split into parts (``samples_<case>_part2``, ...).
+WIDTH, MAX_HEIGHT, MIN_FONT = 7.0, 9.0, 6.0
+SAMPLE_ROWS_PER_PART, FIELD_ROWS_PER_PART, FIELD_COLS = 5, 3, 3
+DODGE = 0.05  # markers of the methods in a panel dodged sideways by this much in log2 NFE
 
 
 # ------------------------------------------------------------------ styles
@@ -106,15 +117,18 @@ def error_vs_nfe(table) -> Figure:
     # the log axis starts here; a smaller value (zero and negative ones too) is drawn on it, and said so
     y_floor = 0.3 * min(values) if values else 1e-16
     at_floor = 0
-    fig = plt.figure(figsize=(13.0, 4.6), layout="constrained")
-    grid = fig.add_gridspec(1, 3, width_ratios=[1.0, 1.0, 0.95])
-    ax_obj = fig.add_subplot(grid[0])
-    ax_base = fig.add_subplot(grid[1], sharey=ax_obj)
-    ax_bar = fig.add_subplot(grid[2])
+    fig = plt.figure(figsize=(WIDTH, 7.6), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=[1.55, 1.0])
+    ax_obj = fig.add_subplot(grid[0, 0])
+    ax_base = fig.add_subplot(grid[0, 1], sharey=ax_obj)
+    ax_bar = fig.add_subplot(grid[1, :])
+    panel = {m: [n for n in methods if (group[n] == "objective") == (group[m] == "objective")] for m in methods}
     for m in methods:
         ax = ax_obj if group[m] == "objective" else ax_base
         rows = sorted((r for r in table if r["method"] == m), key=lambda r: int(r["nfe"]))
-        nfe = [int(r["nfe"]) for r in rows]
+        # curves that coincide stay apart: each method's markers shifted sideways by its own amount
+        k, count = panel[m].index(m), len(panel[m])
+        nfe = [int(r["nfe"]) * 2 ** (DODGE * (k - (count - 1) / 2)) for r in rows]
         mean, lo, hi = ([float(r[k]) for r in rows] for k in ("mean", "min", "max"))
         s = style[m]
         label = m if not source[m] else f"{m} ({source[m]} as a velocity field)"
@@ -139,18 +153,20 @@ def error_vs_nfe(table) -> Figure:
     for ax, title in ((ax_obj, "trained objectives (average velocity)"), (ax_base, "baselines")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("NFE (network or field evaluations per sample)")
-        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("NFE (markers dodged sideways)", fontsize=8)
+        ax.set_xticks(all_nfe, [str(n) for n in all_nfe])
+        ax.tick_params(labelsize=7)
+        ax.set_title(title, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+            ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
     ax_obj.set_ylim(bottom=y_floor)
     ax_obj.set_ylabel((r"mean $|x_{gen} - \Phi(x_1, 1\to 0)|$" if metric == "flow_map_mean" else metric)
                       + (f"\n(floor {y_floor:.1e}: smaller values, 0 and below included, drawn on it)"
                          if at_floor else ""))
     _one_step_bars(ax_bar, table, methods, style, y_floor)
     study, case = table[0].get("study", ""), table[0]["case"]
-    fig.suptitle(f"{study}: {case}" if study else case, fontsize=11)
+    fig.suptitle(f"{study}: {case}" if study else case, fontsize=10)
     return fig
 
 
@@ -166,14 +182,15 @@ def _one_step_bars(ax, table, methods, style, y_floor):
                    edgecolor="white" if baseline else style[m]["color"], linewidth=0.5)
             if hi > lo:
                 ax.errorbar(i, mean, yerr=[[mean - lo], [hi - mean]], color="black", capsize=2, linewidth=0.8)
-            ax.text(i, hi * 1.3, f"{mean:.3g}", ha="center", va="bottom", fontsize=6.5, rotation=90)
+            ax.text(i, hi * 1.3, f"{mean:.3g}", ha="center", va="bottom", fontsize=MIN_FONT, rotation=90)
         else:  # zero (exact_u), below the axis, or not finite: the value as text
             text = "0" if mean == 0 else (f"{mean:.1e}" if math.isfinite(mean) else str(mean))
-            ax.text(i, y_floor * 1.1, text, ha="center", va="bottom", fontsize=6.5, rotation=90)
+            ax.text(i, y_floor * 1.1, text, ha="center", va="bottom", fontsize=MIN_FONT, rotation=90)
     ax.set_yscale("log")
     ax.set_ylim(bottom=y_floor, top=max([float(ones[m]["max"]) for m in shown if _finite(ones[m]["max"])] + [y_floor]) * 6)
-    ax.set_xticks(range(len(shown)), shown, rotation=60, ha="right", fontsize=7)
-    ax.set_title("one step (NFE 1); hatched: baselines", fontsize=10)
+    ax.set_xticks(range(len(shown)), shown, rotation=60, ha="right", fontsize=6.5)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title("one step (NFE 1); hatched: baselines", fontsize=9)
     ax.grid(True, axis="y", which="both", alpha=0.3)
 
 
@@ -189,13 +206,24 @@ def _finite(value) -> bool:
 # ------------------------------------------------------------ samples grid
 
 
-def samples_grid(samples, density, segments: int = SEGMENTS) -> Figure:
-    """One row per method, one column per NFE: the samples over the true density's
-    contours, the first ``segments`` of them joined to their exact images."""
+def samples_parts(samples, density, segments: int = SEGMENTS) -> list[Figure]:
+    """``samples_grid`` in parts of at most ``SAMPLE_ROWS_PER_PART`` methods (each part fits a page)."""
+    if not samples:
+        raise ValueError("samples_grid: the samples table is empty")
+    methods = _methods(samples)
+    chunks = [methods[i:i + SAMPLE_ROWS_PER_PART] for i in range(0, len(methods), SAMPLE_ROWS_PER_PART)]
+    return [samples_grid(samples, density, segments, methods=chunk, part=(k + 1, len(chunks)))
+            for k, chunk in enumerate(chunks)]
+
+
+def samples_grid(samples, density, segments: int = SEGMENTS, methods=None, part=None) -> Figure:
+    """One row per method (``methods``: those of the table by default), one column per NFE: the
+    samples over the true density's contours, the first ``segments`` of them joined to their exact
+    images. ``part``: ``(k, of)`` for the title of one part of a split grid."""
     if not samples:
         raise ValueError("samples_grid: the samples table is empty")
     style = styles(samples)
-    methods = _methods(samples)
+    methods = _methods(samples) if methods is None else list(methods)
     nfes = sorted({int(r["nfe"]) for r in samples})
     by_panel = {}
     for r in samples:
@@ -211,7 +239,8 @@ def samples_grid(samples, density, segments: int = SEGMENTS) -> Figure:
     projection = density[0]["projection"] if density else "identity"
     xlabel, ylabel = {"identity": ("$x_1$", "$x_2$"), "pca": ("PC 1", "PC 2"),
                       "coordinates": ("coordinate a", "coordinate b")}.get(projection, ("", ""))
-    fig, axes = plt.subplots(len(methods), len(nfes), figsize=(1.75 * len(nfes) + 1.2, 1.75 * len(methods) + 0.8),
+    size = min(1.5, (WIDTH - 1.1) / len(nfes))  # inches per panel
+    fig, axes = plt.subplots(len(methods), len(nfes), figsize=(size * len(nfes) + 1.1, size * len(methods) + 1.0),
                              squeeze=False, sharex=True, sharey=True, layout="constrained")
     for i, m in enumerate(methods):
         for j, n in enumerate(nfes):
@@ -224,13 +253,13 @@ def samples_grid(samples, density, segments: int = SEGMENTS) -> Figure:
             ax.set_xlim(xs[0], xs[-1])
             ax.set_ylim(ys[0], ys[-1])
             ax.set_aspect("equal")
-            ax.tick_params(labelsize=6)
+            ax.tick_params(labelsize=MIN_FONT)
             if i == 0:
-                ax.set_title(f"NFE {n}", fontsize=9)
+                ax.set_title(f"NFE {n}", fontsize=8)
             if j == 0:
-                ax.set_ylabel(f"{m}\n{ylabel}", fontsize=8)
+                ax.set_ylabel(f"{m}\n{ylabel}", fontsize=7)
             if i == len(methods) - 1:
-                ax.set_xlabel(xlabel, fontsize=8)
+                ax.set_xlabel(xlabel, fontsize=7)
             rows = by_panel.get((m, n))
             if not rows:
                 ax.text(0.5, 0.5, f"not run\nat NFE {n}", transform=ax.transAxes, ha="center", va="center",
@@ -244,10 +273,11 @@ def samples_grid(samples, density, segments: int = SEGMENTS) -> Figure:
             outside = sum(not (xs[0] <= float(r["x"]) <= xs[-1] and ys[0] <= float(r["y"]) <= ys[-1]) for r in rows)
             err = [float(r["error"]) for r in rows]
             note = f"err {sum(err) / len(err):.3g}" + (f"\n{outside} outside" if outside else "")
-            ax.text(0.03, 0.97, note, transform=ax.transAxes, ha="left", va="top", fontsize=6,
+            ax.text(0.03, 0.97, note, transform=ax.transAxes, ha="left", va="top", fontsize=MIN_FONT,
                     bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1})
     case = samples[0]["case"]
-    fig.suptitle(f"{case}: samples (seed 0) over the data density,\n"
+    of = f" (part {part[0]} of {part[1]})" if part and part[1] > 1 else ""
+    fig.suptitle(f"{case}{of}: samples (seed 0) over the data density,\n"
                  r"segments to their exact images $\Phi(x_1, 1\to 0)$" "\n"
                  r"err: mean $|x_{gen} - \Phi|$ (all dimensions)", fontsize=8)
     return fig
@@ -256,52 +286,83 @@ def samples_grid(samples, density, segments: int = SEGMENTS) -> Figure:
 # ------------------------------------------------------------ field error
 
 
-def field_error_maps(table) -> Figure:
-    """Per objective, the relative field error at each node (r, t) of the grid (log colour, shared)."""
+def field_error_parts(table) -> list[Figure]:
+    """``field_error_maps`` in parts of at most ``FIELD_COLS x FIELD_ROWS_PER_PART`` objectives."""
     if not table:
         raise ValueError("field_error_maps: the table is empty")
     methods = _methods(table)
+    per = FIELD_COLS * FIELD_ROWS_PER_PART
+    chunks = [methods[i:i + per] for i in range(0, len(methods), per)]
+    return [field_error_maps(table, methods=chunk, part=(k + 1, len(chunks))) for k, chunk in enumerate(chunks)]
+
+
+def field_error_maps(table, methods=None, part=None) -> Figure:
+    """Per objective, the relative field error at each node (r, t) of the grid, each panel on its own
+    log colour scale (one objective's large errors would wash out the rest on a shared one)."""
+    if not table:
+        raise ValueError("field_error_maps: the table is empty")
+    methods = _methods(table) if methods is None else list(methods)
     ts = sorted({float(r["t"]) for r in table})
     n = len(ts)
-    values = [float(r["relative"]) for r in table if _positive(r["relative"])]
-    norm = LogNorm(vmin=min(values), vmax=max(values)) if values else None
-    cols = min(4, len(methods))
+    cols = min(FIELD_COLS, len(methods))
     rows_n = math.ceil(len(methods) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.1 * cols + 1.0, 3.0 * rows_n + 0.5), squeeze=False,
+    fig, axes = plt.subplots(rows_n, cols, figsize=(WIDTH * cols / FIELD_COLS, 2.2 * rows_n + 0.6), squeeze=False,
                              layout="constrained")
     t_edges = [(j + 0.5) / n for j in range(n + 1)]
     r_edges = [(i - 0.5) / n for i in range(n + 2)]
-    mesh = None
     for k, m in enumerate(methods):
         ax = axes[k // cols][k % cols]
         V = [[math.nan] * n for _ in range(n + 1)]
         for r in (r for r in table if r["method"] == m):
             i, j = round(float(r["r"]) * n), round(float(r["t"]) * n) - 1
             V[i][j] = float(r["relative"])
+        values = [v for row in V for v in row if math.isfinite(v) and v > 0]
+        lo, hi = (min(values), max(values)) if values else (0.0, 0.0)
+        # a log scale where the values span a decade or more, a linear one over a narrower range
+        norm = None if not hi > lo else LogNorm(vmin=lo, vmax=hi) if hi >= 10 * lo else Normalize(vmin=lo, vmax=hi)
         ax.set_facecolor("#e6e6e6")
         mesh = ax.pcolormesh(t_edges, r_edges, V, norm=norm, cmap="viridis", shading="flat")
-        if n <= 10:
+        if n <= 8:
             for i in range(n + 1):
                 for j in range(n):
                     if math.isfinite(V[i][j]):
                         light = norm is not None and norm(V[i][j]) < 0.5
-                        ax.text((j + 1) / n, i / n, f"{V[i][j]:.2g}", ha="center", va="center", fontsize=5,
+                        ax.text((j + 1) / n, i / n, _short(V[i][j]), ha="center", va="center", fontsize=MIN_FONT,
                                 color="white" if light else "black")
         ax.plot([0, 1 + 0.5 / n], [0, 1 + 0.5 / n], color="white", linewidth=0.8, linestyle="--")
         one = [float(r["relative"]) for r in table if r["method"] == m and float(r["r"]) == 0 and float(r["t"]) == 1]
-        ax.set_title(f"{m}" + (f": one step (0 -> 1) {one[0]:.2g}" if one else ""), fontsize=9)
+        ax.set_title(f"{m}" + (f": one step {one[0]:.2g}" if one else ""), fontsize=7.5)
         ax.set_xlim(t_edges[0], t_edges[-1])
         ax.set_ylim(r_edges[0], r_edges[-1])
-        ax.set_xlabel("t", fontsize=8)
-        ax.set_ylabel("r", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_xlabel("t", fontsize=7)
+        ax.set_ylabel("r", fontsize=7)
+        ax.tick_params(labelsize=MIN_FONT)
+        if norm is not None:
+            bar = fig.colorbar(mesh, ax=ax, fraction=0.05, pad=0.02)
+            bar.ax.tick_params(which="both", labelsize=MIN_FONT)
+            bar.ax.yaxis.set_minor_formatter(NullFormatter())
     for k in range(len(methods), rows_n * cols):
         axes[k // cols][k % cols].set_visible(False)
-    if mesh is not None and norm is not None:
-        fig.colorbar(mesh, ax=axes, shrink=0.6, aspect=30, label=r"$E|u_\theta - u|^2 / E|u|^2$ at $x_t \sim p_t$")
-    fig.suptitle(f"{table[0]['case']}: relative field error over (r, t), r <= t "
-                 "(grey: not trained there, or r > t)", fontsize=9)
+    of = f" (part {part[0]} of {part[1]})" if part and part[1] > 1 else ""
+    fig.suptitle(f"{table[0]['case']}{of}: relative field error\n" r"$E|u_\theta - u|^2 / E|u|^2$ over (r, t), "
+                 "r <= t (grey: not trained there, or r > t);\neach panel on its own colour scale, log where it "
+                 "spans a decade", fontsize=7.5)
     return fig
+
+
+def _short(v: float) -> str:
+    """A cell's value in at most four characters: ``.99``, ``1.1``, ``12``, ``3e2``, ``5e-3``."""
+    if v >= 100:
+        mantissa, exponent = f"{v:.0e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    if v >= 10:
+        return f"{v:.0f}"
+    if v >= 1:
+        return f"{v:.1f}"
+    if v >= 0.01:
+        return f"{v:.2f}".lstrip("0")
+    mantissa, exponent = f"{v:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 # ------------------------------------------------------------ files
@@ -434,12 +495,25 @@ def build(out, style=None, formats=FORMATS) -> list[Path]:
                 density_path = path.with_name("density_" + path.name[len("samples_"):])
                 if not density_path.exists():
                     raise ValueError(f"{path} needs {density_path.name} beside it (the true density)")
-                fig = samples_grid(table, read_table(density_path, "density"))
+                fig = samples_parts(table, read_table(density_path, "density"))
             else:
-                fig = field_error_maps(table)
-            save_figure(fig, path.with_suffix(""), formats)
-            written.append(path.with_suffix(""))
+                fig = field_error_parts(table)
+            stem = path.with_suffix("")
+            for k, part in enumerate(fig if isinstance(fig, list) else [fig]):
+                name = stem if k == 0 else stem.with_name(f"{stem.name}_part{k + 1}")
+                save_figure(part, name, formats)
+                written.append(name)
+            _remove_stale_parts(stem, k + 1, formats)
     return written
+
+
+def _remove_stale_parts(stem: Path, parts: int, formats) -> None:
+    """Parts beyond ``parts`` left by an earlier drawing of the same table (fewer methods now)."""
+    for fmt in formats:
+        for old in stem.parent.glob(f"{stem.name}_part*.{fmt}"):
+            suffix = old.stem[len(stem.name) + len("_part"):]
+            if suffix.isdigit() and int(suffix) > parts:
+                old.unlink()
 
 
 def main(argv=None, prog: str = "mfverify figures") -> int:

@@ -74,9 +74,12 @@ def _figure_links(out, case) -> list[str]:
         return []
     lines = []
     for kind, caption in FIGURE_CAPTIONS.items():
-        name = f"{kind}_{slug(case)}.png"
-        if (Path(out) / name).exists():
-            lines += [f"![{case}: {caption}]({name})", ""]
+        stem = f"{kind}_{slug(case)}"
+        parts = sorted(Path(out).glob(f"{stem}_part*.png"), key=lambda p: int(p.stem.rsplit("_part", 1)[1]))
+        for k, name in enumerate([f"{stem}.png"] + [p.name for p in parts]):
+            if (Path(out) / name).exists():
+                of = f" (part {k + 1} of {len(parts) + 1})" if parts else ""
+                lines += [f"![{case}: {caption}{of}]({name})", ""]
     return lines
 
 
