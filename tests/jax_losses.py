@@ -89,21 +89,17 @@ def _images(x0):
 # ------------------------------------------------------------------ MeanFlow (Gsunshine/meanflow, meanflow.py)
 
 
-class MeanFlowStyle(nn.Module):
-    """The official ``MeanFlow`` module's loss: ``forward(imgs, labels)``."""
+class _Sampling(nn.Module):
+    """What the MeanFlow and iMF modules write alike: their common settings, logit-normal times
+    (``[bz, 1, 1, 1]``), the first ``int(bz * data_proportion)`` rows at ``r = t``, and label dropout
+    as a leading block of rows."""
 
     net: nn.Module
     num_classes: int
     dtype = jnp.float32
     P_mean: float = -0.4
     P_std: float = 1.0
-    data_proportion: float = 0.75
-    guidance_eq: str = "cfg"
-    omega: float = 1.0
-    kappa: float = 0.5
     class_dropout_prob: float = 0.1
-    t_start: float = 0.0
-    t_end: float = 1.0
     norm_p: float = 1.0
     norm_eps: float = 0.01
 
@@ -114,9 +110,26 @@ class MeanFlowStyle(nn.Module):
     def sample_tr(self, bz):
         t, r = self.logit_normal(bz), self.logit_normal(bz)
         t, r = jnp.maximum(t, r), jnp.minimum(t, r)
-        data_size = int(bz * self.data_proportion)
-        zero_mask = (jnp.arange(bz) < data_size).reshape(bz, 1, 1, 1)
-        return t, jnp.where(zero_mask, t, r)
+        mask = (jnp.arange(bz) < int(bz * self.data_proportion)).reshape(bz, 1, 1, 1)
+        return t, jnp.where(mask, t, r), mask
+
+    def cond_drop(self, v_t, v_g, labels):
+        bz = v_t.shape[0]
+        rand_mask = jax.random.uniform(self.make_rng("gen"), shape=(bz,)) < self.class_dropout_prob
+        num_drop = jnp.sum(rand_mask).astype(jnp.int32)
+        drop_mask = jnp.arange(bz)[:, None, None, None] < num_drop
+        return jnp.where(drop_mask.reshape(bz), self.num_classes, labels), jnp.where(drop_mask, v_t, v_g)
+
+
+class MeanFlowStyle(_Sampling):
+    """The official ``MeanFlow`` module's loss: ``forward(imgs, labels)``."""
+
+    data_proportion: float = 0.75
+    guidance_eq: str = "cfg"
+    omega: float = 1.0
+    kappa: float = 0.5
+    t_start: float = 0.0
+    t_end: float = 1.0
 
     def u_fn(self, x, t, h, y):
         bz = x.shape[0]
@@ -138,16 +151,9 @@ class MeanFlowStyle(nn.Module):
         kappa = jnp.where(inside, self.kappa, 0.0)
         return omega * v_t + (1 - omega - kappa) * v_uncond + kappa * v_cond
 
-    def cond_drop(self, v_t, v_g, labels):
-        bz = v_t.shape[0]
-        rand_mask = jax.random.uniform(self.make_rng("gen"), shape=(bz,)) < self.class_dropout_prob
-        num_drop = jnp.sum(rand_mask).astype(jnp.int32)
-        drop_mask = jnp.arange(bz)[:, None, None, None] < num_drop
-        return jnp.where(drop_mask.reshape(bz), self.num_classes, labels), jnp.where(drop_mask, v_t, v_g)
-
     def forward(self, imgs, labels):
         x = imgs.astype(self.dtype)
-        t, r = self.sample_tr(x.shape[0])
+        t, r, _ = self.sample_tr(x.shape[0])
         e = jax.random.normal(self.make_rng("gen"), x.shape, dtype=self.dtype)
         z_t = (1 - t) * x + t * e
         v = e - x
@@ -164,11 +170,16 @@ class MeanFlowStyle(nn.Module):
         return loss.mean(), {"loss": loss.mean()}
 
 
-def _meanflow(apply, params, x0, labels, key, **config):
-    model = MeanFlowStyle(net=flax_module(apply, labels=3), num_classes=apply.n_classes, **config)
-    loss, _ = model.apply({"params": {"net": params}}, _images(x0), labels, rngs={"gen": key},
-                          method=MeanFlowStyle.forward)
+def _official(module, adapter: dict, apply, params, x0, labels, key, **config):
+    """``module``'s ``forward`` (the official training loss) with the exact model as its network, handed
+    over by ``flax_module(apply, **adapter)``; ``config``: the module's settings."""
+    model = module(net=flax_module(apply, **adapter), num_classes=apply.n_classes, **config)
+    loss, _ = model.apply({"params": {"net": params}}, _images(x0), labels, rngs={"gen": key}, method=module.forward)
     return loss
+
+
+def _meanflow(apply, params, x0, labels, key, **config):
+    return _official(MeanFlowStyle, {"labels": 3}, apply, params, x0, labels, key, **config)
 
 
 def meanflow_official(apply, params, x0, labels, key):
@@ -187,31 +198,13 @@ def meanflow_official_p0_guided(apply, params, x0, labels, key):
 # ------------------------------------------------------------------ improved MeanFlow (Lyy-iiis/imeanflow, imf.py)
 
 
-class IMFStyle(nn.Module):
+class IMFStyle(_Sampling):
     """The official ``iMF`` module's loss: a two-head network ``(u, v)`` conditioned on the
     guidance scale and interval, the predicted velocity as the JVP's tangent, a v-loss."""
 
-    net: nn.Module
-    num_classes: int
-    dtype = jnp.float32
-    P_mean: float = -0.4
-    P_std: float = 1.0
     data_proportion: float = 0.5
     cfg_beta: float = 1.0
     s_max: float = 7.0
-    class_dropout_prob: float = 0.1
-    norm_p: float = 1.0
-    norm_eps: float = 0.01
-
-    def logit_normal(self, bz):
-        rnd = jax.random.normal(self.make_rng("gen"), [bz, 1, 1, 1], dtype=self.dtype)
-        return nn.sigmoid(rnd * self.P_std + self.P_mean)
-
-    def sample_tr(self, bz):
-        t, r = self.logit_normal(bz), self.logit_normal(bz)
-        t, r = jnp.maximum(t, r), jnp.minimum(t, r)
-        fm_mask = (jnp.arange(bz) < int(bz * self.data_proportion)).reshape(bz, 1, 1, 1)
-        return t, jnp.where(fm_mask, t, r), fm_mask
 
     def sample_cfg_scale(self, bz):
         u = jax.random.uniform(self.make_rng("gen"), (bz, 1, 1, 1), dtype=jnp.float32)
@@ -246,12 +239,6 @@ class IMFStyle(nn.Module):
         v_g = v_t + (1 - 1 / w) * (v_c - v_u)
         return jnp.where(fm_mask, v_g_fm, v_g), v_c
 
-    def cond_drop(self, v_t, v_g, labels):
-        bz = v_t.shape[0]
-        rand_mask = jax.random.uniform(self.make_rng("gen"), shape=(bz,)) < self.class_dropout_prob
-        drop_mask = jnp.arange(bz)[:, None, None, None] < jnp.sum(rand_mask).astype(jnp.int32)
-        return jnp.where(drop_mask.reshape(bz), self.num_classes, labels), jnp.where(drop_mask, v_t, v_g)
-
     def forward(self, images, labels):
         x = images.astype(self.dtype)
         bz = x.shape[0]
@@ -281,10 +268,7 @@ class IMFStyle(nn.Module):
 
 
 def _imf(apply, params, x0, labels, key, **config):
-    model = IMFStyle(net=flax_module(apply, labels=6, heads=2), num_classes=apply.n_classes, **config)
-    loss, _ = model.apply({"params": {"net": params}}, _images(x0), labels, rngs={"gen": key},
-                          method=IMFStyle.forward)
-    return loss
+    return _official(IMFStyle, {"labels": 6, "heads": 2}, apply, params, x0, labels, key, **config)
 
 
 def imf_official(apply, params, x0, labels, key):
