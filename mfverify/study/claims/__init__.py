@@ -67,7 +67,7 @@ def _cell(text) -> str:
 
 def markdown(study, rows, out: Path) -> str:
     lines = ["# Claims, measured", "", stamp(out, study.study.name), "",
-             f"`python -m mfverify.study claims` (study `{study.study.name}`, {study.train.steps} training steps, "
+             f"`mfverify study claims` (study `{study.study.name}`, {study.train.steps} training steps, "
              f"{study.study.seeds} seeds unless said). Each claim with its source, the rule its verdict comes from, "
              "and the measured numbers; one-step errors are flow_map_mean = mean |x_gen - Phi(x1, 1 -> 0)| at NFE 1, "
              "mean over seeds. \"a below b\": by more than 2 standard errors of the seed means. The study's own "
