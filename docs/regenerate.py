@@ -8,10 +8,11 @@ resumes: finished runs are kept), then its generated files are copied into ``doc
 from). Hand-written documents (``MATH.md``, ``stability.md``, ``check_your_loss.md``,
 ``oracles_compare/attribution.md``, ...) quote numbers but are not rewritten.
 
-Wall time on 2 CPU cores with ``--jobs 2`` (measured; the whole set is about 1 h 45 min):
-objectives_compare 9 min, claims 25 min, oracles_compare 11 min, relatives_compare and
-relatives_guided about 30 min each (with the headlines). On a machine with a GPU every
-study is faster with ``--device cuda``.
+Wall time on 2 CPU cores with ``--jobs 2``: objectives_compare 462 s and claims 1518 s (measured
+2026-12-04), oracles_compare 642 s (measured earlier, docs/oracles_compare/attribution.md);
+relatives_guided and relatives_compare (with the headlines) not yet timed, probably 20-40 min each;
+the whole set on the order of 1.5 h. On a machine with a GPU every study is faster with
+``--device cuda``.
 """
 
 from __future__ import annotations

@@ -243,3 +243,36 @@ def test_rk4_reference_agrees_with_the_flow_map():
     x1 = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ref = truth.flow_map(m, x1, t=torch.ones(8, dtype=torch.float64), r=torch.zeros(8, dtype=torch.float64))
     assert (claims.exact.rk4_flow(m, x1, 4000) - ref).abs().max() < 1e-8
+
+
+def test_a_timing_verdict_is_undetermined_where_its_rounds_straddle_the_threshold():
+    """Issue 26, part 2: holds only if the lower quartile of the per-round ratios is above the threshold,
+    fails only if the upper one is below; a load that slows some rounds cannot reverse the verdict."""
+    from mfverify.study.claims.trained import _above, _ratio
+
+    assert _above(1.05, 1.3, 1.0) is True
+    assert _above(0.8, 0.95, 1.0) is False
+    assert _above(0.9, 1.2, 1.0) is None
+    fast = {"mf": [1.0] * 12, "mf_sg": [1.25] * 12}
+    assert _above(*_ratio(fast, "mf_sg", "mf")[1:], 1.0) is True
+    loaded = {"mf": [1.0] * 6 + [3.0] * 6, "mf_sg": [1.25] * 6 + [2.0] * 6}  # half the rounds under load
+    median, low, high = _ratio(loaded, "mf_sg", "mf")
+    assert low < 1.0 < high and _above(low, high, 1.0) is None  # undetermined, not "fails"
+
+
+def test_the_evidence_rule_names_what_is_missing():
+    from types import SimpleNamespace
+
+    from mfverify.study.claims.context import shortfall
+
+    class Res:
+        def stats(self, case, method):
+            return 0.3, 0.01, {"mf": 3, "mf_nosg": 1}[method]
+
+    ctx = SimpleNamespace(steps=4000, res=Res(), cases_with=lambda m: ["ring8"])
+    assert shortfall(ctx, ("mf",)) is None
+    assert shortfall(ctx, ("mf", "mf_nosg")) == "1 seed of mf_nosg (needs >= 3)"
+    assert "150 training steps" in shortfall(SimpleNamespace(steps=150, res=Res(), cases_with=lambda m: ["ring8"]),
+                                             ("mf",))
+    assert shortfall(ctx, rounds=5) == "5 timing rounds (needs >= 10)"
+    assert shortfall(ctx, ("mf",), seeds=5) == "3 seeds of mf (needs >= 5)"
