@@ -519,8 +519,7 @@ def _check_sampled(n_points: int, d: int, n_directions: int, points: str = "n_po
 
 def main(argv=None, prog: str = "mfverify stability") -> int:
     """``mfverify stability [--case ring8] [--points N] [--features P]``: the table of C12 (MATH.md §7):
-    per objective, the smallest real part of the eigenvalues of the linearised training operator at
-    ``u*`` with a bootstrap interval."""
+    per objective, min Re lambda of the linearised training operator at ``u*``, bootstrap interval."""
     import argparse
     import sys
 
