@@ -198,6 +198,10 @@ def test_a_trained_claims_rule_follows_the_numbers(quick, tmp_path, monkeypatch)
     ({("shortcut", 0.75): (-0.5, -0.1)}, "fails"),  # a row unstable, the control trusted
     ({("mf_sg", 0.75): (-0.5, 0.5)}, "partly"),  # a row undetermined
     ({("mf", 0.75): (-0.5, 0.5), ("shortcut", 0.75): (-0.5, -0.1)}, "partly"),  # the control not stable: untrusted
+    ({("net", "mf"): (-0.5, 0.5)}, "partly"),  # trained-network directions: their control not stable, untrusted
+    ({("net", "mf"): (-0.5, 0.5), ("net", "mf_sg"): (-0.5, -0.1)}, "partly"),  # untrusted: not a failure
+    ({("net", "mf_sg"): (-0.5, -0.1)}, "fails"),  # unstable on the network's directions, its control trusted
+    ({("net", "mf_sg"): (-0.5, 0.5)}, "partly"),  # undetermined there: the weakest class decides
 ])
 def test_c12_rule_follows_the_intervals_and_its_control(quick, monkeypatch, intervals, verdict):
     from mfverify.theory import stability
@@ -207,7 +211,10 @@ def test_c12_rule_follows_the_intervals_and_its_control(quick, monkeypatch, inte
     frac = study.train.frac_r_eq_t
 
     def fake(obj, case, law, n_points, n_features, frac_r_eq_t, **kw):
-        key = (obj, frac_r_eq_t) if law == "uniform" or obj != "mf" else (obj + "_logit", frac_r_eq_t)
+        if kw.get("directions") is not None:  # C12's trained-network class
+            key = ("net", obj)
+        else:
+            key = (obj, frac_r_eq_t) if law == "uniform" or obj != "mf" else (obj + "_logit", frac_r_eq_t)
         lo, hi = intervals.get(key, (1.0, 2.0))
         return stability.EigenSummary(min_real=lo, interval=(lo, hi), min_real_normalised=(lo + hi) / 2,
                                       interval_normalised=(lo, hi), max_abs=1.0, min_real_symmetric=lo,

@@ -35,6 +35,7 @@ DEFAULTS = {
     "stability_features": 32,
     "stability_boot": 100,
     "formula_features": 8,  # directions of C12's check of MATH.md §7's formula (two quadratures)
+    "network_features": 16,  # C12's trained-network directions (the tangent features of mf_sg's seed-0 EMA network)
 }
 
 

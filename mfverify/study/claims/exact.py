@@ -124,8 +124,9 @@ def c12_stability(ctx: Context) -> list:
     from mfverify.theory import stability
 
     statement = ("The stationary point u* of the stop-gradient objectives is stable (Su 2025: 'stability is unclear'): "
-                 "min Re lambda of the linearised pseudo-gradient operator G^-1 H (MATH.md §7) on Fourier directions; "
-                 "and MATH.md §7's formula for the symmetric part of mf's H is right")
+                 "min Re lambda of the linearised pseudo-gradient operator G^-1 H (MATH.md §7) on Fourier directions "
+                 "and on a trained network's tangent features; and MATH.md §7's formula for the symmetric part of mf's "
+                 "H is right")
     rule = ("per (objective, law) on the study's law: stable if the lower end of the 95 % bootstrap interval of "
             "min Re lambda(G^-1 H) is > 0, unstable if its upper end is < 0, else undetermined; the formula is right "
             "if it agrees with the symmetric part of H to 1e-3 (relative, Frobenius; both by quadrature, whose own "
@@ -136,7 +137,10 @@ def c12_stability(ctx: Context) -> list:
             "(a sample H can miss that when the directions vary fast; an untrusted setting gives partly). "
             "Reported with it, not in "
             "the verdict: the same with half the directions (convergence in P), off the diagonal only "
-            "(frac_r_eq_t = 0), and where the formula's sufficient condition fails")
+            "(frac_r_eq_t = 0), and where the formula's sufficient condition fails. The verdict is the weakest of "
+            "its two classes of directions: Fourier features, and the tangent features of the study's trained mf_sg "
+            "network (seed 0, EMA) on the study's law, trusted only where mf (the control) comes out stable there "
+            "too; an untrusted class gives partly")
     items, formula_ok, states, off_states = [], [], {}, {}
     case = ctx.cases[0]
     mixture = get_case(case)
@@ -185,12 +189,50 @@ def c12_stability(ctx: Context) -> list:
                        c.mass_condition_fails)]
     else:
         items.append((case, "formula check", "not run (a tensor quadrature, for d <= 3)"))
+    items.append((case, "Fourier directions: points, directions, bootstrap draws", f"{N}, {P}, {boot}"))
+    net_items, net_states, net_control = _network_rows(ctx, case, frac, N, boot, state_of)
+    items += net_items
     if not control:
         verdict = "partly"
-    elif "unstable" in states.values() or not all(formula_ok):
+    elif "unstable" in states.values() or "unstable" in net_states.values() or not all(formula_ok):
         verdict = "fails"
-    elif all(st == "stable" for st in states.values()) and formula_ok:
+    elif all(st == "stable" for st in states.values()) and formula_ok and net_control is not False \
+            and all(st == "stable" for st in net_states.values()):
         verdict = "holds"
     else:
         verdict = "partly"
     return _rows("C12", statement, SEED, rule, [], items, verdict=verdict)
+
+
+def _network_rows(ctx, case, frac, N, boot, state_of):
+    """C12 on the tangent features of the study's trained ``mf_sg`` network (seed 0, EMA), on the study's
+    law: ``(items, {objective: state}, control trusted)``; no rows (control None) without that run."""
+    from mfverify.study.store import run_dir
+    from mfverify.theory import stability
+    from mfverify.train import load_checkpoint
+
+    path = run_dir(ctx.res.folder, case, "mf_sg", 0) / "checkpoint.pt"
+    if "mf_sg" not in ctx.study.study.objectives or not path.is_file():
+        return [(case, "trained-network directions", "not run (no mf_sg seed-0 checkpoint in the study)")], {}, None
+    P = int(ctx.opt["network_features"])
+    _, _, ema = load_checkpoint(path)
+    directions = stability.NetworkDirections(ema, P, seed=1)
+    train = ctx.study.train
+    law = next((name for name, (kind, mean, std) in stability.LAWS.items() if kind == train.time_sampler
+                and (kind == "uniform" or (mean, std) == (train.time_mean, train.time_std))), None)
+    if law is None:
+        return [(case, "trained-network directions", f"not run (the study's time law {train.time_sampler} is not one "
+                 f"of {', '.join(stability.LAWS)})")], {}, None
+    items, states = [], {}
+    for obj in ("mf", "mf_sg"):
+        ctx.say(f"C12: {obj} on mf_sg's trained-network directions")
+        s = stability.stability(obj, case, law, N, P, frac, n_boot=boot, directions=directions)
+        states[obj] = state_of(s)
+        lo, hi = s.interval_normalised
+        label = f"trained-network directions, {obj}{' (control)' if obj == 'mf' else ''}, {law}"
+        items += [(case, f"{label}: min Re lambda(G^-1 H)", s.min_real_normalised),
+                  (case, f"{label}: 95 % interval", f"[{lo:.3g}, {hi:.3g}]"), (case, f"{label}: verdict", states[obj])]
+    control = states.pop("mf") == "stable"
+    items += [(case, "trained-network directions: points, directions, bootstrap draws", f"{N}, {P}, {boot}"),
+              (case, "trained-network directions: estimate trusted (control stable)", "yes" if control else "no")]
+    return items, (states if control else {}), control
