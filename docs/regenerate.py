@@ -9,7 +9,7 @@ from). Hand-written documents (``MATH.md``, ``stability.md``, ``check_your_loss.
 ``oracles_compare/attribution.md``, ...) quote numbers but are not rewritten.
 
 Wall time on 2 CPU cores with ``--jobs 2``: objectives_compare 462 s and claims 1518 s (measured
-2026-12-04), oracles_compare 642 s (measured earlier, docs/oracles_compare/attribution.md);
+2026-12-04), oracles_compare 596 s (measured 2026-12-04);
 relatives_guided and relatives_compare (with the headlines) not yet timed, probably 20-40 min each;
 the whole set on the order of 1.5 h. On a machine with a GPU every study is faster with
 ``--device cuda``.
