@@ -4,7 +4,7 @@
 
 Each study runs at its ``default`` preset into ``WORK/NAME`` (an interrupted regeneration
 resumes: finished runs are kept), then its generated files are copied into ``docs/``
-(each names, on its first line, the command, mfverify's commit and the date it came
+(each names, under its title, the command, mfverify's commit and the date it came
 from). Hand-written documents (``MATH.md``, ``stability.md``, ``check_your_loss.md``,
 ``oracles_compare/attribution.md``, ...) quote numbers but are not rewritten.
 
