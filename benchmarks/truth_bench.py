@@ -18,7 +18,14 @@ Prints, measured in one run:
   random16d >= 300), its max error against a solve at rtol = atol = 1e-13, and the torch
   solver's throughput on the same problems for comparison.
 
+- with --lowrank (only that): the exact one-step ``u(x1, 0, 1)`` of ``images32`` (a ``LowRankMixture``,
+  d = 3072, K = 10, q = 32) at rtol = atol = 1e-10 on ``--n-lowrank`` noise points (default 4096): wall
+  time and points/s (bar: 4096 points in at most 300 s on 2 CPU cores; on a GPU, where one is present,
+  at least 50x the CPU's points/s, measured in the same run), the max error of 64 of them against a
+  solve at 1e-12, and the low-rank field's cost against the same mixture written densely at d = 512.
+
     python benchmarks/truth_bench.py [--n 100000] [--threads 2] [--repeats 3] [--memory] [--derivatives [--only-derivatives]]
+    python benchmarks/truth_bench.py --lowrank [--n-lowrank 4096]
 """
 
 from __future__ import annotations
@@ -163,6 +170,57 @@ def derivatives(name, n, repeats):
     return v, dv
 
 
+def lowrank(n):
+    from mfverify.cases import LowRankMixture
+
+    mix = get_case("images32")
+    print(f"images32: {mix!r}, rtol = atol = 1e-10, u(x1, 0, 1) at {n} noise points")
+    x1 = torch.randn(n, mix.d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    zeros, ones = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+    rates = {}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        x, r, t = x1.to(device), zeros.to(device), ones.to(device)
+        ode.average_velocity(mix, x[:8], r[:8], t[:8], rtol=1e-10, atol=1e-10)  # warm-up (CUDA context, caches)
+        stats = SolverStats()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        u, _ = ode.average_velocity(mix, x, r, t, rtol=1e-10, atol=1e-10, stats=stats)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+        rates[device] = n / wall
+        bar = "  (bar: <= 300 s on 2 CPU cores)" if device == "cpu" else ""
+        print(f"  {device}: {wall:.1f} s, {rates[device]:.1f} points/s{bar}; {stats}")
+        if device == "cpu":
+            k = min(64, n)
+            tight, _ = ode.average_velocity(mix, x[:k], r[:k], t[:k], rtol=1e-12, atol=1e-12)
+            print(f"  max |u - u(rtol 1e-12)| over {k} points: {(u[:k] - tight).abs().max().item():.2e}")
+            u_cpu = u
+        else:
+            print(f"  max |u_cuda - u_cpu|: {(u.cpu() - u_cpu).abs().max().item():.2e}")
+    if "cuda" in rates:
+        print(f"  ratio cuda / cpu points/s: {rates['cuda'] / rates['cpu']:.0f}x  (bar >= 50x)")
+    # the field alone, low-rank against dense, d = 512 (dense costs K d^2 per point, low-rank K d q)
+    rng = np.random.default_rng(0)
+    K, d, q = 10, 512, 32
+    small = LowRankMixture(np.full(K, 0.1), rng.normal(0, 0.5, (K, d)), rng.normal(0, 0.1, (K, d, q)),
+                           np.full(K, 0.005))
+    dense = small.to_dense()
+    x = torch.as_tensor(rng.normal(0, 1, (2048, d)))
+    t = torch.full((2048,), 0.5, dtype=torch.float64)
+    times = {}
+    for name, m in (("low-rank", small), ("dense", dense)):
+        velocity_raw(m, x, t)
+        start = time.perf_counter()
+        for _ in range(5):
+            velocity_raw(m, x, t)
+        times[name] = (time.perf_counter() - start) / 5
+    print(f"  the velocity field at d = {d}, K = {K}, q = {q}, 2048 points: low-rank {times['low-rank'] * 1e3:.1f} ms, "
+          f"dense {times['dense'] * 1e3:.1f} ms: {times['dense'] / times['low-rank']:.1f}x")
+
+
 def memory():
     print("\nmemory, random16d, intervals t - r = 1e-2 (chunks of", ode.CHUNK, "points):")
     m = get_case("random16d")
@@ -189,9 +247,14 @@ def main():
     parser.add_argument("--derivatives", action="store_true", help="also measure the derivatives (J_x u, d_r u, d_t u)")
     parser.add_argument("--only-derivatives", action="store_true", help="only the derivatives")
     parser.add_argument("--n-derivatives", type=int, default=5000, help="points for --derivatives (default 5000)")
+    parser.add_argument("--lowrank", action="store_true", help="only the low-rank truth at d = 3072 (images32)")
+    parser.add_argument("--n-lowrank", type=int, default=4096, help="noise points for --lowrank (default 4096)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, default rtol=atol={truth.DEFAULT_RTOL:g}\n")
+    if args.lowrank:
+        lowrank(args.n_lowrank)
+        return
     if args.derivatives or args.only_derivatives:
         for name in ["ring8", "random16d"]:
             derivatives(name, args.n_derivatives, args.repeats)

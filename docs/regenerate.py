@@ -10,8 +10,8 @@ from). Hand-written documents (``MATH.md``, ``stability.md``, ``check_your_loss.
 
 Wall time on 2 CPU cores with ``--jobs 2``: objectives_compare 462 s and claims 1518 s (measured
 2026-12-04), oracles_compare 596 s (measured 2026-12-04);
-relatives_guided and relatives_compare (with the headlines) not yet timed, probably 20-40 min each;
-the whole set on the order of 1.5 h. On a machine with a GPU every study is faster with
+relatives_guided 309 s, relatives_compare 886 s, images_compare 2599 s (U-Nets on digits; measured
+2026-12-04); the whole set about 2 h. On a machine with a GPU every study is faster with
 ``--device cuda``.
 """
 
@@ -34,6 +34,7 @@ STUDIES = {
     "relatives_guided": ("relatives_guided", {"summary.md": None, "*.png": None}),
     "relatives_compare": ("relatives_compare", {"summary.md": None, "headlines.csv": None, "headlines.md": None,
                                                 "*.png": None}),
+    "images_compare": ("images_compare", {"summary.md": None, "claims.csv": None, "claims.md": None, "*.png": None}),
 }
 
 

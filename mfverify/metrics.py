@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mfverify.cases import GaussianMixture, ProductMixture
+from mfverify.cases import GaussianMixture, LowRankMixture, ProductMixture
 
 COVERAGE_FRACTION = 0.5  # a component is covered with >= half its expected share of samples
 
@@ -92,16 +92,17 @@ def nll(mixture, x: torch.Tensor) -> float:
 
 def coverage(mixture, x: torch.Tensor) -> float:
     """Share of components with at least ``COVERAGE_FRACTION`` of their expected share of samples."""
-    from mfverify.truth.fields import gm_posterior
+    from mfverify.truth.fields import posterior_raw
 
     x = x.double().cpu()
     if isinstance(mixture, ProductMixture):
         mixture = mixture.to_mixture()
-    if not isinstance(mixture, GaussianMixture):
-        raise TypeError(f"mixture must be a GaussianMixture or ProductMixture, got {type(mixture).__name__}")
+    if not isinstance(mixture, (GaussianMixture, LowRankMixture)):
+        raise TypeError(f"mixture must be a GaussianMixture, ProductMixture or LowRankMixture, got "
+                        f"{type(mixture).__name__}")
     if mixture.is_singular:
         raise ValueError("coverage needs component densities at t = 0; this mixture has singular covariances")
-    owner = gm_posterior(mixture, x, torch.zeros(len(x), dtype=torch.float64)).argmax(1)
+    owner = posterior_raw(mixture, x, torch.zeros(len(x), dtype=torch.float64)).argmax(1)
     counts = torch.bincount(owner, minlength=mixture.K).double()
     expected = mixture.weights * len(x)
     return (counts >= COVERAGE_FRACTION * expected).double().mean().item()

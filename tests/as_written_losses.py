@@ -216,3 +216,33 @@ def meanflow_labels_shuffled(model, x0, labels):
 def meanflow_labels_ignored(model, x0, labels):
     """The same, but the network is never told the label: it learns the unconditional field."""
     return meanflow(model, x0)
+
+
+def _meanflow_images(model, x0, stop_gradient=True, tangent_t=1.0):
+    if x0.ndim != 4:
+        raise ValueError(f"an image loss takes (B, C, H, W) batches, got {tuple(x0.shape)}")
+    n = x0.shape[0]
+    r, t = (a.view(n, 1, 1, 1) for a in logit_normal_times(n, x0.dtype))
+    e = torch.randn_like(x0)
+    z = (1 - t) * x0 + t * e
+    v = e - x0
+    u, dudt = torch.func.jvp(model, (z, r, t), (v, torch.zeros_like(r), torch.full_like(t, tangent_t)))
+    target = v - (t - r) * dudt
+    if stop_gradient:
+        target = target.detach()
+    return F.mse_loss(u, target)
+
+
+def meanflow_images(model, x0):
+    """Algorithm 1 as image code writes it: (B, C, H, W) batches, times (B, 1, 1, 1), F.mse_loss."""
+    return _meanflow_images(model, x0)
+
+
+def meanflow_images_no_stop_gradient(model, x0):
+    """The same without the stop-gradient on the target."""
+    return _meanflow_images(model, x0, stop_gradient=False)
+
+
+def meanflow_images_wrong_tangent(model, x0):
+    """The same with the tangent (v, 0, 0): d_t u left out of the total derivative."""
+    return _meanflow_images(model, x0, tangent_t=0.0)

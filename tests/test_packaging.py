@@ -34,12 +34,14 @@ def test_a_wheel_installed_in_a_fresh_environment_runs_the_quick_study_from_anot
     assert str(ROOT) not in where  # the installed copy, not this checkout
     listed = subprocess.run([str(py), "-m", "mfverify.study", "--list"], cwd=elsewhere, capture_output=True,
                             text=True, check=True).stdout
-    assert "objectives_compare" in listed
+    assert "objectives_compare" in listed and "images_compare" in listed
     # the installed wheel's entry points and public paths (the code behind them moved in #23)
     probe = ("import mfverify.testing, mfverify.conventions, mfverify.check.testing, mfverify.check.conventions\n"
              "from mfverify import objectives\n"
              "assert mfverify.testing is mfverify.check.testing and mfverify.conventions is mfverify.check.conventions\n"
-             "print(','.join(type(objectives.get(n)).__name__ for n in ('imf', 'fm_oracle', 'mf_tangent')))\n")
+             "print(','.join(type(objectives.get(n)).__name__ for n in ('imf', 'fm_oracle', 'mf_tangent')))\n"
+             "from mfverify.cases import get_case\n"  # the fitted digits ship inside the wheel
+             "assert get_case('digits').shape == (1, 8, 8)\n")
     got = subprocess.run([str(py), "-c", probe], cwd=elsewhere, capture_output=True, text=True, timeout=120)
     assert got.returncode == 0, got.stderr[-3000:]
     assert got.stdout.strip() == "Objective,Objective,Objective"

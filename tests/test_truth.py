@@ -73,7 +73,8 @@ def test_velocity_jvp_by_hand_equals_autodiff(name):
     assert (dv - ref_dv).abs().max() <= 1e-12 * scale
 
 
-@pytest.mark.parametrize("name", list(list_cases()))
+# the conditional covariance is (n, d, d): images32 (d = 3072) would form 25 of 9.4M entries each
+@pytest.mark.parametrize("name", [name for name in list_cases() if name != "images32"])
 def test_moments_mean_is_velocity_and_covariance_is_psd(name):
     m = get_case(name)
     x, _, t = _path_points(m, 25, 4)

@@ -7,6 +7,8 @@ from typing import Callable
 
 import numpy as np
 
+from mfverify.cases.images import digits, images32
+from mfverify.cases.lowrank import LowRankMixture
 from mfverify.cases.mixtures import GaussianMixture, ProductMixture
 from mfverify.registry import Registry
 
@@ -89,9 +91,12 @@ def _random16d() -> GaussianMixture:
     return GaussianMixture(weights, means, covs)
 
 
+_MIXTURES = (GaussianMixture, ProductMixture, LowRankMixture)
+
+
 @dataclass(frozen=True)
 class _Case:
-    build: Callable[[], GaussianMixture | ProductMixture]
+    build: Callable[[], GaussianMixture | ProductMixture | LowRankMixture]
     description: str
 
 
@@ -99,11 +104,12 @@ def _as_case(obj, name: str, description: str | None = None) -> _Case:
     """A case is a mixture or a function of no arguments that builds one."""
     if isinstance(obj, _Case):
         return obj
-    if isinstance(obj, (GaussianMixture, ProductMixture)):
+    if isinstance(obj, _MIXTURES):
         mixture = obj
         return _Case(lambda: mixture, description or mixture.description)
     if not callable(obj):
-        raise TypeError(f"a case is a GaussianMixture, a ProductMixture or a function building one, got {type(obj).__name__}")
+        raise TypeError(f"a case is a GaussianMixture, ProductMixture, LowRankMixture or a function building one, "
+                        f"got {type(obj).__name__}")
     doc = (obj.__doc__ or "").strip().splitlines()
     return _Case(obj, description or (doc[0] if doc else ""))
 
@@ -126,6 +132,8 @@ for _name, _build, _description in [
     ("dirac2d", _dirac2d, "a finite data set of 6 points in 2-D (covariances 0)"),
     ("product8d", _product8d, "product of 8 independent 1-D bimodal mixtures (exact by quantiles)"),
     ("random16d", _random16d, "K=8 random full covariances in 16-D, fixed seed"),
+    ("digits", digits, "8x8 digits (d = 64, 10 classes x 3 low-rank components) fitted to scikit-learn's digits"),
+    ("images32", images32, "3x32x32 images (d = 3072, 10 classes, rank 32): an image-like spectrum, not fitted"),
 ]:
     cases.register(_name, _build, description=_description)
 
@@ -135,11 +143,12 @@ def list_cases() -> dict[str, str]:
     return {name: cases.get(name).description for name in cases.names()}
 
 
-def get_case(name: str) -> GaussianMixture | ProductMixture:
+def get_case(name: str) -> GaussianMixture | ProductMixture | LowRankMixture:
     """The named case (or ``"module:attr"``), freshly built (cases are deterministic)."""
     case = cases.get(name)
     mixture = case.build()
-    if not isinstance(mixture, (GaussianMixture, ProductMixture)):
-        raise TypeError(f"case {name!r} must build a GaussianMixture or ProductMixture, got {type(mixture).__name__}")
+    if not isinstance(mixture, _MIXTURES):
+        raise TypeError(f"case {name!r} must build a GaussianMixture, ProductMixture or LowRankMixture, got "
+                        f"{type(mixture).__name__}")
     mixture.description = case.description
     return mixture

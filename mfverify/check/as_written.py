@@ -4,7 +4,8 @@
 ``fn(model, x0) -> loss`` (``fn(model, x0, labels)`` on labelled cases): a scalar, or a
 tuple/list whose first item is, or a dict whose ``"loss"`` is. ``model`` is an
 ``ExactNetwork`` (the exact average velocity plus perturbations, in the convention
-``inputs``), ``x0`` a batch of the case's data; the loss draws everything else
+``inputs``), ``x0`` a batch of the case's data ((B, C, H, W) on an image case such as ``digits``, (B, d)
+otherwise); the loss draws everything else
 itself (times, noise, the share of ``r = t``, label dropout) from torch's global
 generator, which the battery seeds per batch. The checks:
 
@@ -168,11 +169,12 @@ def _batch(fn, model, mixture, n, dtype, seed, takes_labels) -> torch.Tensor:
     the loss draw from generators of different seeds: two generators of one seed give the
     same stream, and a loss's times would then be a function of its data."""
     g = torch.Generator().manual_seed(2 * seed + 1)
+    shape = (n,) + tuple(getattr(mixture, "shape", None) or (mixture.d,))  # an image case: (B, C, H, W)
     if takes_labels:
         x0, labels = mixture.sample_labelled(n, generator=g)
-        args = (x0.to(dtype), labels)
+        args = (x0.to(dtype).reshape(shape), labels)
     else:
-        args = (mixture.sample(n, generator=g).to(dtype),)
+        args = (mixture.sample(n, generator=g).to(dtype).reshape(shape),)
     torch.manual_seed(2 * seed)
     model.eps.grad = None
     try:

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from mfverify.cases import GaussianMixture, ProductMixture
+from mfverify.cases import GaussianMixture, LowRankMixture, ProductMixture
 from mfverify.check import battery as _check
 from mfverify.nets import MeanFlowMLP
 
 __all__ = [
-    "mixtures", "gaussians", "mixtures_1d", "product_mixtures", "covariances", "times", "networks", "batches",
+    "mixtures", "gaussians", "mixtures_1d", "product_mixtures", "lowrank_mixtures", "covariances", "times",
+    "networks", "batches",
     "points_on_path", "assert_reduces_to_fm", "assert_equivalent", "assert_stationary",
 ]
 
@@ -69,6 +70,18 @@ def mixtures_1d(K=st.integers(1, 5), min_log10_eig: float = -4.0):
 @st.composite
 def product_mixtures(draw, d=st.integers(1, 6)):
     return ProductMixture([draw(mixtures_1d(K=st.integers(1, 3))) for _ in range(draw(d))])
+
+
+@st.composite
+def lowrank_mixtures(draw, K=st.integers(1, 4), d=st.integers(1, 8), q=None, min_log10_noise: float = -3.0):
+    """A ``LowRankMixture`` with random weights, means, factors (q in [1, d] unless given) and noise."""
+    K, d = draw(K), draw(d)
+    q = draw(st.integers(1, d) if q is None else q)
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    w = rng.dirichlet(np.full(K, 2.0)) * 0.9 + 0.1 / K
+    noise = 10 ** rng.uniform(min_log10_noise, -0.5, size=K)
+    factors = rng.normal(0.0, 0.6, size=(K, d, q)) / np.sqrt(q)
+    return LowRankMixture(w / w.sum(), rng.normal(0.0, 1.5, size=(K, d)), factors, noise)
 
 
 @st.composite

@@ -7,6 +7,7 @@ import inspect
 import torch
 
 from mfverify.nets.mlp import MeanFlowMLP
+from mfverify.nets.unet import UNet
 from mfverify.registry import Registry
 
 networks = Registry("network", "mfverify.networks")
@@ -20,6 +21,7 @@ point in the group ``mfverify.networks``.
 
 
 networks.register("mlp", MeanFlowMLP)  # the class is its own builder: MeanFlowMLP(d, **options)
+networks.register("unet", UNet)  # image-shaped cases; the training loop passes the case's shape
 
 
 def network_options(name: str) -> dict:

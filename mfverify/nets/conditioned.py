@@ -7,6 +7,21 @@ import torch
 NO_LABEL = -1  # the "none" label of classifier-free guidance (label dropout)
 
 
+def label_inputs(n_classes: int, labels, x) -> list:
+    """A network's label inputs: ``[one-hot of n_classes + 1]`` (``NO_LABEL`` and ``None``: the last,
+    "none", slot), or ``[]`` for an unconditional network (``n_classes = 0``)."""
+    if not n_classes:
+        if labels is not None:
+            raise ValueError("labels given to an unconditional network (n_classes = 0)")
+        return []
+    if labels is None:
+        labels = torch.full((x.shape[0],), NO_LABEL, dtype=torch.int64, device=x.device)
+    if labels.shape != (x.shape[0],) or labels.dtype != torch.int64:
+        raise ValueError(f"labels must be an ({x.shape[0]},) int64 tensor, got {tuple(labels.shape)} {labels.dtype}")
+    slot = torch.where(labels < 0, n_classes, labels)
+    return [torch.nn.functional.one_hot(slot, n_classes + 1).to(x.dtype)]
+
+
 class Conditioned:
     """A class-conditional model with its labels bound: ``model(x, r, t)`` is
     ``net(x, r, t, labels)``, and ``jvp`` and ``velocity`` likewise, so that any

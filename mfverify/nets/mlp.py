@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from mfverify.nets.conditioned import NO_LABEL
+from mfverify.nets.conditioned import label_inputs
 
 TIME_INPUTS = ("t,t-r", "t,r")
 TIME_FEATURES = ("sinusoidal", "fourier")
@@ -137,16 +137,7 @@ class MeanFlowMLP(nn.Module):
 
     def _label_inputs(self, labels, x):
         """The one-hot of ``labels`` (-1: the last, "none", slot), or nothing if unconditional."""
-        if not self.n_classes:
-            if labels is not None:
-                raise ValueError("labels given to an unconditional network (n_classes = 0)")
-            return []
-        if labels is None:
-            labels = torch.full((x.shape[0],), NO_LABEL, dtype=torch.int64, device=x.device)
-        if labels.shape != (x.shape[0],) or labels.dtype != torch.int64:
-            raise ValueError(f"labels must be an ({x.shape[0]},) int64 tensor, got {tuple(labels.shape)} {labels.dtype}")
-        slot = torch.where(labels < 0, self.n_classes, labels)
-        return [nn.functional.one_hot(slot, self.n_classes + 1).to(x.dtype)]
+        return label_inputs(self.n_classes, labels, x)
 
     def _outputs(self, x, r, t, labels=None):
         second = t - r if self.time_inputs == "t,t-r" else r

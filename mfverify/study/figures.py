@@ -46,6 +46,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from mfverify.io import write_bytes  # noqa: E402
+from mfverify.study.image_figures import image_parts  # noqa: E402
 from mfverify.study.store import slug  # noqa: E402
 
 # Okabe & Ito (2008), black left out (the exact baselines use it); yellow darkened to read on white
@@ -378,7 +379,7 @@ def save_figure(fig: Figure, stem, formats=FORMATS) -> None:
     plt.close(fig)
 
 
-KINDS = ("error_vs_nfe", "samples", "field_error")
+KINDS = ("error_vs_nfe", "samples", "field_error", "images")
 
 # the columns a figure reads, and which of them are numbers (int or float)
 COLUMNS = {
@@ -386,6 +387,8 @@ COLUMNS = {
     "samples": {"case": str, "method": str, "index": int, "nfe": int, "x": float, "y": float, "phi_x": float,
                 "phi_y": float, "error": float},
     "field_error": {"case": str, "method": str, "r": float, "t": float, "relative": float},
+    "images": {"case": str, "method": str, "index": int, "nfe": int, "i": int, "shape": str, "error": float,
+               "sample": str, "exact": str},
     "density": {"kind": str, "x": float, "y": float, "value": float},
 }
 
@@ -491,6 +494,11 @@ def build(out, style=None, formats=FORMATS) -> list[Path]:
                 fig = empty_figure(path)
             elif kind == "error_vs_nfe":
                 fig = error_vs_nfe(table)
+            elif kind == "samples" and path.with_name("images_" + path.name[len("samples_"):]).exists():
+                continue  # an image case: its samples figure is drawn from images_<case>.csv
+            elif kind == "images":
+                fig = image_parts(table)
+                path = path.with_name("samples_" + path.name[len("images_"):])  # drawn as samples_<case>
             elif kind == "samples":
                 density_path = path.with_name("density_" + path.name[len("samples_"):])
                 if not density_path.exists():

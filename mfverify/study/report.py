@@ -53,6 +53,11 @@ def write_tables(study: Study, out: Path, rows) -> None:
         if samples is not None:
             tables.write_csv(out / f"samples_{name}.csv", samples)
             tables.write_csv(out / f"density_{name}.csv", density)
+        images = tables.images_table(
+            study, case, phi, torch.load(base, weights_only=True) if base.exists() else None,
+            {obj: torch.load(path, weights_only=True) for obj, path in runs.items() if path.exists()})
+        if images is not None:
+            tables.write_csv(out / f"images_{name}.csv", images)
         grids = {obj: [read_csv(path) for seed in range(study.study.seeds_for(obj))
                        if (path := run_dir(out, case, obj, seed) / "field_grid.csv").exists()]
                  for obj in study.study.objectives}
@@ -63,7 +68,8 @@ def write_tables(study: Study, out: Path, rows) -> None:
 
 FIGURE_CAPTIONS = {
     "error_vs_nfe": "flow-map error against NFE: trained objectives, baselines, one-step errors",
-    "samples": "seed-0 samples at a few NFEs over the data density, joined to their exact images",
+    "samples": "seed-0 samples at a few NFEs over the data density, joined to their exact images (an image case: "
+               "one-step samples drawn as images under their exact images)",
     "field_error": "relative field error E|u_theta - u|^2 / E|u|^2 over (r, t)",
 }
 

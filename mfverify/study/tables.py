@@ -19,6 +19,10 @@ figure can be restyled without training or truth.
     too narrow for the grid, with its weight). ``projection`` is ``identity`` for
     d = 2, ``pca`` for d > 2 (the two leading principal directions of the data),
     ``coordinates`` for a product mixture (its two coordinates of largest variance).
+``images_<case>.csv`` (image cases: a case with a ``shape``)
+    case, method, group, source, index, nfe, i, shape, error, sample, exact: the first
+    ``IMAGES_PER_METHOD`` one-step samples of each method and their exact images, each a row of
+    space-separated pixels in ``C x H x W`` order; ``samples_<case>.png`` draws them as pictures.
 ``field_error_<case>.csv``
     case, method, index, r, t, relative, field_error, u_sq, seeds: the field error
     ``E|u_theta - u|^2`` and its ratio to ``E|u|^2`` at each node (r, t) of the grid,
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from mfverify.cases import GaussianMixture, ProductMixture, get_case
+from mfverify.cases import GaussianMixture, LowRankMixture, ProductMixture, get_case
 from mfverify.io import write_text
 from mfverify.study.config import MODEL_BASELINES
 from mfverify.study.store import csv_text
@@ -84,7 +88,9 @@ def plotting_frame(mixture):
     return mean, P, "pca"
 
 
-def _moments(mixture: GaussianMixture):
+def _moments(mixture: GaussianMixture | LowRankMixture):
+    if isinstance(mixture, LowRankMixture):
+        return mixture.mean_and_covariance()
     w, mu, S = mixture.weights, mixture.means, mixture.covs
     mean = (w[:, None] * mu).sum(0)
     dev = mu - mean
@@ -102,6 +108,9 @@ def _projected_components(mixture, origin, P):
         var = torch.stack([fa.covs[:, 0, 0].repeat_interleave(fb.K), fb.covs[:, 0, 0].repeat(fa.K)], dim=1)
         return w, mu, torch.diag_embed(var)
     mu = (mixture.means - origin) @ P
+    if isinstance(mixture, LowRankMixture):  # P^T (F F^T + s I) P, no d x d matrix
+        FP = mixture.factors.transpose(1, 2) @ P
+        return mixture.weights, mu, FP.transpose(1, 2) @ FP + mixture.noise[:, None, None] * (P.T @ P)
     S = P.T @ mixture.covs @ P
     return mixture.weights, mu, S
 
@@ -167,6 +176,39 @@ def samples_tables(study, case: str, phi, baseline_samples=None, run_samples=Non
     pad = 0.15 * (hi - lo).max()
     lo, hi = (lo - pad).tolist(), (hi + pad).tolist()
     return table, density_table(mixture, case, origin, P, projection, lo, hi)
+
+
+IMAGES_PER_METHOD = 8  # one-step samples drawn as images per method
+
+
+def images_table(study, case: str, phi, baseline_samples=None, run_samples=None) -> list[dict] | None:
+    """The ``images_<case>.csv`` table of an image case (one with a ``shape``), else None: the first
+    ``IMAGES_PER_METHOD`` samples of each method at the samples figure's smallest NFE and their exact
+    images, each a row of pixels (space-separated, in the case's ``C x H x W`` order)."""
+    mixture = get_case(case)
+    shape = getattr(mixture, "shape", None)
+    if shape is None:
+        return None
+    nfe = min(study.eval.figure_nfe())
+    sources = {"objective": {}, "baseline": {}}
+    if baseline_samples is not None:
+        sources["baseline"] = _by_method(baseline_samples)
+    for obj, blob in (run_samples or {}).items():
+        for (m, n), x in _by_method(blob).items():
+            sources["objective" if m == obj else "baseline"][(m, n)] = x
+    pixels = lambda v: " ".join(f"{a:.5g}" for a in v.tolist())  # noqa: E731
+    table = []
+    for method, group, source, index in _methods(study):
+        entry = sources[group].get((method, nfe))
+        if entry is None:
+            continue
+        x, own_phi = entry
+        ref = phi if own_phi is None else own_phi
+        for i in range(min(IMAGES_PER_METHOD, len(x))):
+            table.append({"case": case, "method": method, "group": group, "source": source, "index": index,
+                          "nfe": nfe, "i": i, "shape": "x".join(map(str, shape)),
+                          "error": (x[i] - ref[i]).norm().item(), "sample": pixels(x[i]), "exact": pixels(ref[i])})
+    return table
 
 
 def _by_method(blob) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from mfverify import truth
+from mfverify.cases import GaussianMixture, ProductMixture
 
 
 def _col(a) -> torch.Tensor:
@@ -94,9 +95,33 @@ class ExactModel:
         for key, value in self._memo:
             if all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(key, (x, r, t))):
                 return value
-        value = truth.average_velocity_derivatives(self.mixture, x, r, t, **self.route)
+        value = self._solve(x, r, t)
         self._memo = [((x, r, t), value)] + self._memo[:3]
         return value
+
+    def _solve(self, x, r, t):
+        """The derivatives at every row; for a mixture without a compiled kernel (``LowRankMixture``)
+        once per distinct point: a sigma-point batch repeats each point 2d times, equal up to the
+        round-off of ``x_t = (1-t) x0 + t x1`` rebuilt inside the loss (rows equal to 1e-12 relative
+        share the first one's solve, as ``stability._Replicated``; the first-order expansion around
+        each row keeps the error at ``|J_x u| 1e-12 |x|``)."""
+        if isinstance(self.mixture, (GaussianMixture, ProductMixture)):
+            return truth.average_velocity_derivatives(self.mixture, x, r, t, **self.route)
+        rows = torch.cat([x, r[:, None], t[:, None]], dim=1)
+        unique, first, inverse = unique_rows(torch.round(rows / rows.abs().amax(0).clamp_min(1.0) * 1e12))
+        if len(unique) == len(rows):
+            return truth.average_velocity_derivatives(self.mixture, x, r, t, **self.route)
+        one = truth.average_velocity_derivatives(self.mixture, x[first], r[first], t[first], **self.route)
+        return tuple(a[inverse] for a in one)
+
+
+def unique_rows(key):
+    """``(unique, first, inverse)``: the distinct rows of ``key``, the index of each one's first
+    row, and each row's distinct row."""
+    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((len(unique),), len(key), dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(len(key)), reduce="amin")
+    return unique, first, inverse
 
 
 def _first_order(derivatives, dx, dr, dt):

@@ -64,17 +64,20 @@ def z_scores(exact: torch.Tensor, estimate: torch.Tensor, stderr: torch.Tensor) 
 
 
 def sample_conditional_velocity(mixture, x, t: float, n_samples: int, generator=None) -> torch.Tensor:
-    """Exact draws of ``v_c`` given ``x_t = x`` (m, N, d) for a ``GaussianMixture``.
+    """Exact draws of ``v_c`` given ``x_t = x`` (m, N, d) for a ``GaussianMixture`` or ``LowRankMixture``.
 
     Given ``x_t = x`` the posterior of ``x0`` is a Gaussian mixture, hence so is
     ``v_c``: component k with probability ``pi_k``, mean ``E[v_c | x, k]`` and
-    covariance ``Q_k diag(lam_k / c_k) Q_k^T`` (``mfverify.truth.fields``).
+    covariance ``S_k C_k^-1`` (``mfverify.truth.fields``): ``Q_k diag(lam_k / c_k) Q_k^T``,
+    or for a low-rank component ``lam / c`` along its basis ``U_k`` and ``noise / c_perp`` off it.
     """
-    from mfverify.cases import GaussianMixture
+    from mfverify.cases import GaussianMixture, LowRankMixture
     from mfverify.truth.fields import gm_component_moments
 
+    if isinstance(mixture, LowRankMixture):
+        return _sample_lowrank(mixture, x, t, n_samples, generator)
     if not isinstance(mixture, GaussianMixture):
-        raise TypeError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
+        raise TypeError(f"mixture must be a GaussianMixture or LowRankMixture, got {type(mixture).__name__}")
     x = torch.as_tensor(x, dtype=torch.float64)
     m, d = x.shape
     tt = torch.full((m,), float(t), dtype=torch.float64)
@@ -85,3 +88,20 @@ def sample_conditional_velocity(mixture, x, t: float, n_samples: int, generator=
     std_eig = var[rows, k].sqrt()  # (m, N, d)
     Q = mixture.eigvecs[k]  # (m, N, d, d)
     return g[rows, k] + torch.einsum("mnij,mnj->mni", Q, std_eig * eps)
+
+
+def _sample_lowrank(mixture, x, t, n_samples, generator):
+    from mfverify.truth import lowrank
+
+    x = torch.as_tensor(x, dtype=torch.float64)
+    m, d = x.shape
+    tt = torch.full((m,), float(t), dtype=torch.float64)
+    pi, g, var, var_perp = lowrank.component_moments(mixture, x, tt)
+    k = torch.multinomial(pi, n_samples, replacement=True, generator=generator)  # (m, N)
+    e = torch.randn(m, n_samples, mixture.q, generator=generator, dtype=torch.float64)
+    e_d = torch.randn(m, n_samples, d, generator=generator, dtype=torch.float64)
+    rows = torch.arange(m)[:, None]
+    U = mixture.basis[k]  # (m, N, d, q)
+    off = e_d - torch.einsum("mndq,mnq->mnd", U, torch.einsum("mndq,mnd->mnq", U, e_d))
+    along = torch.einsum("mndq,mnq->mnd", U, var[rows, k].sqrt() * e)
+    return g[rows, k] + along + var_perp[rows, k].sqrt()[..., None] * off

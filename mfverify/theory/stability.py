@@ -146,15 +146,6 @@ def training_points(mixture, n: int, kind: str = "logit_normal", mean: float = -
     return x, r, t
 
 
-def _unique_rows(key):
-    """``(unique, first, inverse)``: the distinct rows of ``key``, the index of each one's first
-    row, and each row's distinct row."""
-    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
-    first = torch.full((len(unique),), len(key), dtype=torch.long).scatter_reduce(
-        0, inverse, torch.arange(len(key)), reduce="amin")
-    return unique, first, inverse
-
-
 class _Replicated(identities.ExactModel):
     """The exact model on stacked copies of the same rows: the ODE is solved once per distinct
     point and its derivatives are repeated; the first-order expansion around every row keeps
@@ -180,7 +171,7 @@ class _Replicated(identities.ExactModel):
         # own value keeps the error at |J_x u| 1e-12 |x|)
         rows = torch.cat([x, r[:, None], t[:, None]], dim=1)
         key = torch.round(rows / rows.abs().amax(0).clamp_min(1.0) * 1e12)
-        unique, first, inverse = _unique_rows(key)
+        unique, first, inverse = identities.unique_rows(key)
         if len(unique) == len(rows):
             return super()._derivatives(x, r, t)
         one = super()._derivatives(x[first], r[first], t[first])

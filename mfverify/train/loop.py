@@ -153,8 +153,9 @@ def objective_options(cfg: TrainConfig) -> dict:
 
 
 def network_options_of(cfg: TrainConfig) -> dict:
-    """The network's options: ``cfg.network_options``, and ``heads`` where the objective
-    trains more than one head (``Objective.heads``; the network must take ``heads``)."""
+    """The network's options: ``cfg.network_options``, ``heads`` where the objective trains more
+    than one head (``Objective.heads``; the network must take ``heads``), ``n_classes`` for a
+    conditional run and, for a network that takes a ``shape`` (``unet``), the case's image shape."""
     options = dict(cfg.network_options)
     heads = objectives.get(cfg.objective).heads
     if heads != 1:
@@ -164,6 +165,11 @@ def network_options_of(cfg: TrainConfig) -> dict:
         if options.setdefault("heads", heads) != heads:
             raise ValueError(f"objective {cfg.objective!r} trains {heads} heads, network_options has "
                              f"heads = {options['heads']!r}")
+    if "shape" in network_options(cfg.network) and options.get("shape") is None:
+        options["shape"] = getattr(get_case(cfg.case), "shape", None)  # an image network gets the case's shape
+        if options["shape"] is None:
+            raise ValueError(f"network {cfg.network!r} needs the image shape (C, H, W), and case {cfg.case!r} "
+                             "declares none: use an image case (digits, images32) or set network_options shape")
     if cfg.conditional:
         if "n_classes" not in network_options(cfg.network):
             raise ValueError(f"conditional = true, but network {cfg.network!r} takes no 'n_classes' option")

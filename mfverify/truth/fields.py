@@ -18,14 +18,17 @@ and are differentiable (autograd and forward mode); the public wrappers in
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from mfverify.cases import GaussianMixture, ProductMixture
+from mfverify.cases import GaussianMixture, LowRankMixture, ProductMixture
+from mfverify.truth import lowrank
+from mfverify.truth.algebra import LOG_2PI as _LOG_2PI
+from mfverify.truth.algebra import component_sum as _component_sum
+from mfverify.truth.algebra import expand as _expand
+from mfverify.truth.algebra import half_square_shifted as _half_square_shifted
+from mfverify.truth.algebra import norm as _norm
 from mfverify.truth.inputs import prepare
 
-_LOG_2PI = math.log(2 * math.pi)
 
 
 # ------------------------------------------------------------ full mixtures
@@ -41,26 +44,6 @@ def _gm_terms(T: dict, x: torch.Tensor, t: torch.Tensor):
     quad_logdet = _component_sum(Y.square() * ic + c.log(), d)
     logits = T["log_w"] - 0.5 * (quad_logdet + d * _LOG_2PI)
     return Y, ic, logits
-
-
-def _component_sum(A: torch.Tensor, d: int) -> torch.Tensor:
-    """Sum over each component's d coordinates: (n, K*d) -> (n, K).
-
-    The fastest form depends on d (measured on CPU): strided slices for small d,
-    a reduction over a (n, K, d) view otherwise; a GEMM with an indicator is
-    slower than both.
-    """
-    if d <= 4:
-        acc = A[:, 0::d]
-        for i in range(1, d):
-            acc = acc + A[:, i::d]
-        return acc
-    return A.view(A.shape[0], -1, d).sum(-1)
-
-
-def _expand(pi: torch.Tensor, d: int) -> torch.Tensor:
-    """``pi_k`` repeated over each component's d coordinates: (n, K) -> (n, K*d)."""
-    return pi.repeat_interleave(d, dim=1)
 
 
 def gm_velocity(gm: GaussianMixture, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -240,59 +223,48 @@ def pm_fields_scaled(pm: ProductMixture, x: torch.Tensor, t: torch.Tensor):
     return pi, v, score
 
 
-def _norm(Z: torch.Tensor) -> torch.Tensor:
-    """``|Z|`` over the last axis without overflowing in the squares (scaled by the largest entry)."""
-    m = Z.abs().amax(-1, keepdim=True).clamp_min(1e-300)
-    return m[..., 0] * (Z / m).square().sum(-1).sqrt()
-
-
-def _half_square_shifted(n: torch.Tensor) -> torch.Tensor:
-    """``(n^2 - min_k n^2) / 2`` over the last axis (components), as ``(n - n_min)(n + n_min) / 2``:
-    the softmax over components is unchanged by the shift, and the nearest component's term
-    is 0 where ``n^2`` itself would overflow (``|x - mu| / t`` near a Dirac mixture)."""
-    n_min = n.amin(-1, keepdim=True)
-    return 0.5 * (n - n_min) * (n + n_min)
-
-
 def small_t_fields(mixture, x, t):
     """``(pi, v, score)`` at small ``t`` (rows with ``t < SMALL_T``)."""
-    return _pick(mixture, gm_fields_scaled, pm_fields_scaled)(mixture, x, t)
+    return _pick(mixture, gm_fields_scaled, pm_fields_scaled, lowrank.fields_scaled)(mixture, x, t)
 
 
 # ------------------------------------------------------------- dispatchers
 
 
-def _pick(mixture, gm_fn, pm_fn):
+def _pick(mixture, gm_fn, pm_fn, lr_fn):
     if isinstance(mixture, GaussianMixture):
         return gm_fn
     if isinstance(mixture, ProductMixture):
         return pm_fn
-    raise TypeError(f"mixture must be a GaussianMixture or ProductMixture, got {type(mixture).__name__}")
+    if isinstance(mixture, LowRankMixture):
+        return lr_fn
+    raise TypeError(f"mixture must be a GaussianMixture, ProductMixture or LowRankMixture, got "
+                    f"{type(mixture).__name__}")
 
 
 def velocity_raw(mixture, x, t):
-    return _pick(mixture, gm_velocity, pm_velocity)(mixture, x, t)
+    return _pick(mixture, gm_velocity, pm_velocity, lowrank.velocity)(mixture, x, t)
 
 
 def velocity_jvp_raw(mixture, x, t, dx, dt):
     """``(v(x, t), J_x v . dx + d_t v . dt)``; x, dx (n, d), t, dt (n,)."""
-    return _pick(mixture, gm_velocity_jvp, pm_velocity_jvp)(mixture, x, t, dx, dt)
+    return _pick(mixture, gm_velocity_jvp, pm_velocity_jvp, lowrank.velocity_jvp)(mixture, x, t, dx, dt)
 
 
 def score_raw(mixture, x, t):
-    return _pick(mixture, gm_score, pm_score)(mixture, x, t)
+    return _pick(mixture, gm_score, pm_score, lowrank.score)(mixture, x, t)
 
 
 def posterior_raw(mixture, x, t):
-    return _pick(mixture, gm_posterior, pm_posterior)(mixture, x, t)
+    return _pick(mixture, gm_posterior, pm_posterior, lowrank.posterior)(mixture, x, t)
 
 
 def log_density_raw(mixture, x, t):
-    return _pick(mixture, gm_log_density, pm_log_density)(mixture, x, t)
+    return _pick(mixture, gm_log_density, pm_log_density, lowrank.log_density)(mixture, x, t)
 
 
 def moments_raw(mixture, x, t):
-    return _pick(mixture, gm_moments, pm_moments)(mixture, x, t)
+    return _pick(mixture, gm_moments, pm_moments, lowrank.moments)(mixture, x, t)
 
 
 def log_density(mixture, x, t) -> torch.Tensor:

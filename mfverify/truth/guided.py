@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from mfverify.cases import GaussianMixture
+from mfverify.cases import GaussianMixture, LowRankMixture
 from mfverify.truth import ode, solver
 from mfverify.truth.fields import velocity_raw
 from mfverify.truth.inputs import DEFAULT_ATOL, DEFAULT_RTOL, _check_tolerance, prepare
@@ -43,8 +43,8 @@ def effective_guidance(w: float, k: float = 0.0) -> float:
 
 
 def _labels(mixture, labels, n: int, device) -> torch.Tensor:
-    if not isinstance(mixture, GaussianMixture) or mixture.labels is None:
-        raise ValueError(f"guidance needs a labelled GaussianMixture (labels=...), got {mixture!r}")
+    if not isinstance(mixture, (GaussianMixture, LowRankMixture)) or mixture.labels is None:
+        raise ValueError(f"guidance needs a labelled GaussianMixture or LowRankMixture (labels=...), got {mixture!r}")
     if isinstance(labels, int) and not isinstance(labels, bool):
         labels = torch.full((n,), labels, dtype=torch.int64)
     labels = torch.as_tensor(labels)
@@ -141,8 +141,9 @@ def _solve(mixture, x, r, t, labels, w, interval, rtol, atol):
 
     max_step = (ode.MAX_DTAU / (t - r).clamp_min(1e-300)).clamp_max(1.0)
     out = torch.empty_like(x)
-    for start in range(0, x.shape[0], ode.CHUNK):
-        sl = slice(start, start + ode.CHUNK)
+    chunk = ode.chunk_size(x.shape[1])
+    for start in range(0, x.shape[0], chunk):
+        sl = slice(start, start + chunk)
         out[sl] = solver.solve(rhs, torch.zeros_like(x[sl]), (x[sl], r[sl], t[sl], labels[sl]), rtol=rtol,
                                atol=atol, max_step=max_step[sl])
     return out

@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 import torch
 
-from mfverify.cases import GaussianMixture, ProductMixture
+from mfverify.cases import GaussianMixture, LowRankMixture, ProductMixture
 
 # Default ODE tolerances. Local error control lets the global error exceed the
 # tolerance by up to ~300x on rare points (ring8, full interval: 3e-9 at 1e-11),
@@ -70,8 +70,9 @@ def as_times(value, n: int, device, name: str) -> torch.Tensor:
 
 
 def check_mixture(mixture) -> None:
-    if not isinstance(mixture, (GaussianMixture, ProductMixture)):
-        raise TypeError(f"mixture must be a GaussianMixture or ProductMixture, got {type(mixture).__name__}")
+    if not isinstance(mixture, (GaussianMixture, ProductMixture, LowRankMixture)):
+        raise TypeError(f"mixture must be a GaussianMixture, ProductMixture or LowRankMixture, got "
+                        f"{type(mixture).__name__}")
 
 
 def prepare(mixture, x, t, r=None, need_density: bool = False):

@@ -67,7 +67,7 @@ def _cell(text) -> str:
 
 def markdown(study, rows, out: Path) -> str:
     lines = ["# Claims, measured", "", stamp(out, study.study.name), "",
-             f"`mfverify study claims` (study `{study.study.name}`, {study.train.steps} training steps, "
+             f"`mfverify study {study.study.name}` (study `{study.study.name}`, {study.train.steps} training steps, "
              f"{study.study.seeds} seeds unless said). Each claim with its source, the rule its verdict comes from, "
              "and the measured numbers; one-step errors are flow_map_mean = mean |x_gen - Phi(x1, 1 -> 0)| at NFE 1, "
              "mean over seeds. \"a below b\": by more than 2 standard errors of the seed means. The study's own "
@@ -114,6 +114,31 @@ def report(study, out) -> None:
     write(study, out, rows)
     print(f"claims report: {len(rows)} rows in {time.perf_counter() - start:.0f} s: {Path(out) / 'claims.md'}",
           file=sys.stderr)
+
+
+# the trained claims a study of other cases asks again (images_compare: on digits), when it has their runs
+REASKED = (c5_nosg, c13_attribution)
+
+
+def reasked(study, out) -> None:
+    """A study's report hook (``[study] report = "mfverify.study.claims:reasked"``): the trained claims
+    of ``REASKED`` on the study's own cases and runs, into claims.csv and claims.md, with their
+    verdicts appended to summary.md."""
+    options = {**DEFAULTS, **dict(study.study.report_options)}
+    ctx = Context(study, Results.read(out), options)
+    rows = [row for claim in REASKED for row in claim(ctx)]
+    write(study, out, rows)
+    lines = ["", "## Claims asked again on these cases", "",
+             f"The trained claims of the claims report, with this study's runs ([claims.md](claims.md): the numbers, "
+             f"the rules). Evidence: {EVIDENCE_RULE}.", "", "| claim | verdict | statement |", "|---|---|---|"]
+    for claim in dict.fromkeys(r["claim"] for r in rows):
+        first = next(r for r in rows if r["claim"] == claim)
+        lines.append(f"| {claim} | {first['verdict']} | {_cell(first['statement'])} |")
+    if not rows:
+        lines.append("| - | - | the study has none of their runs |")
+    summary = Path(out) / "summary.md"
+    write_text(summary, summary.read_text().rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+    print(f"claims asked again: {len(rows)} rows: {Path(out) / 'claims.md'}", file=sys.stderr)
 
 
 def main(argv=None, prog: str = "mfverify claims") -> int:
