@@ -19,7 +19,8 @@ import math
 import numpy as np
 import torch
 
-from mfverify.cases.mixtures import GaussianMixture, _check_count, _check_labels, _check_weights, _to_float64
+from mfverify.cases.mixtures import (GaussianMixture, Components, _check_count, _check_labels, _check_weights,
+                                     _to_float64)
 
 __all__ = ["LowRankMixture", "check_shape"]
 
@@ -41,7 +42,7 @@ def check_shape(shape, d: int):
     return tuple(int(a) for a in dims)
 
 
-class LowRankMixture:
+class LowRankMixture(Components):
     """``p0 = sum_k w_k N(mu_k, F_k F_k^T + noise_k I)``.
 
     weights (K,), means (K, d), factors (K, d, q) with ``1 <= q <= d``, noise (K,) >= 0.
@@ -77,14 +78,6 @@ class LowRankMixture:
         self._cache: dict[str, dict[str, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ sizes
-
-    @property
-    def K(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def d(self) -> int:
-        return self.means.shape[1]
 
     @property
     def q(self) -> int:
@@ -143,37 +136,16 @@ class LowRankMixture:
 
     # --------------------------------------------------------- labelled mixtures
 
-    @property
-    def n_classes(self) -> int:
-        return 0 if self.labels is None else int(self.labels.max()) + 1
-
-    def class_weights(self) -> torch.Tensor:
-        self._need_labels()
-        return torch.zeros(self.n_classes, dtype=torch.float64).index_add_(0, self.labels, self.weights)
-
-    def class_mixture(self, c: int) -> "LowRankMixture":
-        """The class's own law ``p0(x | c)``: its components, weights renormalised (cached)."""
-        self._need_labels()
-        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < self.n_classes:
-            raise ValueError(f"class label must be an int in [0, {self.n_classes}), got {c!r}")
-        cache = self.__dict__.setdefault("_classes", {})
-        if int(c) not in cache:
-            keep = self.labels == int(c)
-            w = self.weights[keep]
-            cache[int(c)] = LowRankMixture(w / w.sum(), self.means[keep], self.factors[keep], self.noise[keep],
-                                           description=f"class {int(c)} of {self.description or repr(self)}",
-                                           shape=self.shape)
-        return cache[int(c)]
+    def _subset(self, keep, description: str) -> "LowRankMixture":
+        w = self.weights[keep]
+        return LowRankMixture(w / w.sum(), self.means[keep], self.factors[keep], self.noise[keep],
+                              description=description, shape=self.shape)
 
     def sample_labelled(self, n: int, generator: torch.Generator | None = None):
         """``(x0 (n, d), labels (n,))``: the same draws as ``sample``, with each draw's class."""
         self._need_labels()
         x, k = self._draw(n, generator)
         return x, self.labels[k]
-
-    def _need_labels(self):
-        if self.labels is None:
-            raise ValueError(f"{self!r} has no class labels (build it with labels=...)")
 
     # ------------------------------------------------------------- dense form
 

@@ -67,7 +67,50 @@ def _check_weights(weights: torch.Tensor, name: str = "weights") -> None:
         raise ValueError(f"{name} must sum to 1 (they are not normalised for you), they sum to {total!r}")
 
 
-class GaussianMixture:
+class Components:
+    """What ``GaussianMixture`` and ``LowRankMixture`` share: ``weights`` (K,), ``means`` (K, d) and
+    class labels of the components (``labels``: (K,) int64 or None); a subclass gives
+    ``_subset(keep, description)``, the mixture of the components ``keep``."""
+
+    weights: torch.Tensor
+    means: torch.Tensor
+    labels: torch.Tensor | None
+
+    @property
+    def K(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def n_classes(self) -> int:
+        """Number of class labels (0 for an unlabelled mixture); labels are ``0 .. n_classes - 1``."""
+        return 0 if self.labels is None else int(self.labels.max()) + 1
+
+    def class_weights(self) -> torch.Tensor:
+        """``P(c)`` (n_classes,): the summed weights of each class's components."""
+        self._need_labels()
+        return torch.zeros(self.n_classes, dtype=torch.float64).index_add_(0, self.labels, self.weights)
+
+    def class_mixture(self, c: int):
+        """The class's own law ``p0(x | c)``: its components, weights renormalised (cached)."""
+        self._need_labels()
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < self.n_classes:
+            raise ValueError(f"class label must be an int in [0, {self.n_classes}), got {c!r}")
+        cache = self.__dict__.setdefault("_classes", {})
+        if int(c) not in cache:
+            cache[int(c)] = self._subset(self.labels == int(c),
+                                         f"class {int(c)} of {self.description or repr(self)}")
+        return cache[int(c)]
+
+    def _need_labels(self):
+        if self.labels is None:
+            raise ValueError(f"{self!r} has no class labels (build it with labels=...)")
+
+
+class GaussianMixture(Components):
     """``p0 = sum_k w_k N(mu_k, S_k)``; weights (K,), means (K, d), covs (K, d, d).
 
     Each ``S_k`` must be symmetric positive semi-definite. ``S_k = 0`` for all k
@@ -107,14 +150,6 @@ class GaussianMixture:
         self._cache: dict[str, dict[str, torch.Tensor]] = {}
 
     @property
-    def K(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def d(self) -> int:
-        return self.means.shape[1]
-
-    @property
     def is_dirac(self) -> bool:
         """True when every covariance is zero: a finite data set."""
         return bool((self.eigvals == 0).all())
@@ -130,28 +165,9 @@ class GaussianMixture:
 
     # ------------------------------------------------------------ labelled mixtures
 
-    @property
-    def n_classes(self) -> int:
-        """Number of class labels (0 for an unlabelled mixture); labels are ``0 .. n_classes - 1``."""
-        return 0 if self.labels is None else int(self.labels.max()) + 1
-
-    def class_weights(self) -> torch.Tensor:
-        """``P(c)`` (n_classes,): the summed weights of each class's components."""
-        self._need_labels()
-        return torch.zeros(self.n_classes, dtype=torch.float64).index_add_(0, self.labels, self.weights)
-
-    def class_mixture(self, c: int) -> "GaussianMixture":
-        """The class's own law ``p0(x | c)``: its components, weights renormalised (cached)."""
-        self._need_labels()
-        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < self.n_classes:
-            raise ValueError(f"class label must be an int in [0, {self.n_classes}), got {c!r}")
-        cache = self.__dict__.setdefault("_classes", {})
-        if int(c) not in cache:
-            keep = self.labels == int(c)
-            w = self.weights[keep]
-            cache[int(c)] = GaussianMixture(w / w.sum(), self.means[keep], self.covs[keep],
-                                            description=f"class {int(c)} of {self.description or repr(self)}")
-        return cache[int(c)]
+    def _subset(self, keep, description: str) -> "GaussianMixture":
+        w = self.weights[keep]
+        return GaussianMixture(w / w.sum(), self.means[keep], self.covs[keep], description=description)
 
     def sample_labelled(self, n: int, generator: torch.Generator | None = None):
         """``(x0 (n, d), labels (n,) int64)``: the same draws as ``sample`` (same generator state,
@@ -162,10 +178,6 @@ class GaussianMixture:
         eps = torch.randn(n, self.d, dtype=torch.float64, generator=generator)
         root = self.eigvecs * self.eigvals.sqrt()[:, None, :]
         return self.means[k] + torch.einsum("nij,nj->ni", root[k], eps), self.labels[k]
-
-    def _need_labels(self):
-        if self.labels is None:
-            raise ValueError(f"{self!r} has no class labels (build it with labels=...)")
 
     def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Parameters on ``device``, laid out for batched evaluation.

@@ -149,12 +149,7 @@ def samples_tables(study, case: str, phi, baseline_samples=None, run_samples=Non
     origin, P, projection = plotting_frame(mixture)
     k = study.eval.sample_points
     phi = phi[:k]
-    sources = {"objective": {}, "baseline": {}}
-    if baseline_samples is not None:
-        sources["baseline"] = _by_method(baseline_samples)
-    for obj, blob in (run_samples or {}).items():
-        for (m, n), x in _by_method(blob).items():
-            sources["objective" if m == obj else "baseline"][(m, n)] = x
+    sources = _sources(baseline_samples, run_samples)
     phi2 = (phi - origin) @ P
     table = []
     for method, group, source, index in _methods(study):
@@ -190,12 +185,7 @@ def images_table(study, case: str, phi, baseline_samples=None, run_samples=None)
     if shape is None:
         return None
     nfe = min(study.eval.figure_nfe())
-    sources = {"objective": {}, "baseline": {}}
-    if baseline_samples is not None:
-        sources["baseline"] = _by_method(baseline_samples)
-    for obj, blob in (run_samples or {}).items():
-        for (m, n), x in _by_method(blob).items():
-            sources["objective" if m == obj else "baseline"][(m, n)] = x
+    sources = _sources(baseline_samples, run_samples)
     pixels = lambda v: " ".join(f"{a:.5g}" for a in v.tolist())  # noqa: E731
     table = []
     for method, group, source, index in _methods(study):
@@ -209,6 +199,17 @@ def images_table(study, case: str, phi, baseline_samples=None, run_samples=None)
                           "nfe": nfe, "i": i, "shape": "x".join(map(str, shape)),
                           "error": (x[i] - ref[i]).norm().item(), "sample": pixels(x[i]), "exact": pixels(ref[i])})
     return table
+
+
+def _sources(baseline_samples, run_samples) -> dict:
+    """``{group: {(method, nfe): (x, phi or None)}}`` from the baselines' and the runs' samples."""
+    sources = {"objective": {}, "baseline": {}}
+    if baseline_samples is not None:
+        sources["baseline"] = _by_method(baseline_samples)
+    for obj, blob in (run_samples or {}).items():
+        for (m, n), x in _by_method(blob).items():
+            sources["objective" if m == obj else "baseline"][(m, n)] = x
+    return sources
 
 
 def _by_method(blob) -> dict:
