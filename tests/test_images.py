@@ -66,3 +66,12 @@ def test_the_lazy_exact_network_equals_the_eager_one():
     for a, b in zip(*results):
         assert a.abs().max() > 0
         assert (a - b).abs().max() <= 1e-9 * max(b.abs().max().item(), 1.0)
+
+
+def test_the_per_sample_battery_refuses_a_case_beyond_its_reach_before_any_work():
+    import pytest
+
+    from mfverify.check import run
+
+    with pytest.raises(ValueError, match=r"case 'images32' has d = 3072: the per-sample battery"):
+        run("mf", cases=["ring8", "images32"])

@@ -452,6 +452,9 @@ WEIGHTING_RULE = ("weighting: reduces_to_fm and stationary_at_exact_u run at p =
                   "loss's p and c unless reference options set them; weighting_moves_fixed_point sets p = 1")
 
 
+MAX_D = 256  # the largest case the per-sample battery takes (its exact route is O(d^2) memory per point)
+
+
 def run(loss, reference=None, cases=None, options=None, seed: int = 0, network: str = "mlp",
         n_points: int = 4, n_samples: int = 20_000, weighting_samples: int = 100_000, weighting: bool = True,
         progress: bool = False, reference_options=None, rtol: float | None = None) -> Report:
@@ -482,7 +485,11 @@ def run(loss, reference=None, cases=None, options=None, seed: int = 0, network: 
     if not cases:
         raise ValueError("cases must name at least one case")
     for case in cases:
-        get_case(case)  # an unknown case fails before any work
+        d = get_case(case).d  # an unknown case fails before any work
+        if d > MAX_D:
+            raise ValueError(f"case {case!r} has d = {d}: the per-sample battery forms d x d covariances and "
+                             f"d + 2 derivatives per point (at most d = {MAX_D}); check this case with "
+                             "--as-written, or the per-sample battery on a smaller case (digits: d = 64)")
     subject = _Loss(loss, options)
     ref = None
     if reference is not None:
