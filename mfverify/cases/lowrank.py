@@ -19,8 +19,8 @@ import math
 import numpy as np
 import torch
 
-from mfverify.cases.mixtures import (GaussianMixture, Components, _check_count, _check_labels, _check_weights,
-                                     _to_float64)
+from mfverify.cases.mixtures import (Components, GaussianMixture, _check_count, _check_labels, _check_sizes,
+                                     _check_weights, _to_float64)
 
 __all__ = ["LowRankMixture", "check_shape"]
 
@@ -55,11 +55,7 @@ class LowRankMixture(Components):
         mu = _to_float64("means", means, ndim=2)
         F = _to_float64("factors", factors, ndim=3)
         s = _to_float64("noise", noise, ndim=1)
-        K, d = mu.shape
-        if K == 0 or d == 0:
-            raise ValueError(f"means must have at least one component and one dimension, got shape {(K, d)}")
-        if w.shape[0] != K:
-            raise ValueError(f"weights has {w.shape[0]} entries but means has {K} components")
+        K, d = _check_sizes(w, mu)
         if F.shape[0] != K or F.shape[1] != d or not 1 <= F.shape[2] <= d:
             raise ValueError(f"factors must have shape ({K}, {d}, q) with 1 <= q <= {d} to match means, "
                              f"got {tuple(F.shape)}")
@@ -158,6 +154,11 @@ class LowRankMixture(Components):
         idx = range(self.K) if components is None else components
         eye = torch.eye(self.d, dtype=torch.float64)
         return torch.stack([self.factors[k] @ self.factors[k].T + self.noise[k] * eye for k in idx])
+
+    def projected_covariances(self, P: torch.Tensor) -> torch.Tensor:
+        """``P^T S_k P = (P^T F_k)(P^T F_k)^T + noise_k P^T P`` (K, m, m) for ``P`` (d, m): no d x d matrix."""
+        FP = self.factors.transpose(1, 2) @ P
+        return FP.transpose(1, 2) @ FP + self.noise[:, None, None] * (P.T @ P)
 
     def mean_and_covariance(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``E x0`` (d,) and ``Cov x0`` (d, d) of the whole mixture, without forming any ``S_k``."""

@@ -59,6 +59,16 @@ def _check_labels(labels, K: int) -> torch.Tensor | None:
     return torch.as_tensor(arr, dtype=torch.int64)
 
 
+def _check_sizes(w: torch.Tensor, mu: torch.Tensor) -> tuple[int, int]:
+    """``(K, d)`` of ``means`` (K, d), with ``weights`` (K,) to match."""
+    K, d = mu.shape
+    if K == 0 or d == 0:
+        raise ValueError(f"means must have at least one component and one dimension, got shape {(K, d)}")
+    if w.shape[0] != K:
+        raise ValueError(f"weights has {w.shape[0]} entries but means has {K} components")
+    return K, d
+
+
 def _check_weights(weights: torch.Tensor, name: str = "weights") -> None:
     if (weights < 0).any():
         raise ValueError(f"{name} must be non-negative, found {weights.min().item()}")
@@ -122,11 +132,7 @@ class GaussianMixture(Components):
         w = _to_float64("weights", weights, ndim=1)
         mu = _to_float64("means", means, ndim=2)
         S = _to_float64("covs", covs, ndim=3)
-        K, d = mu.shape
-        if K == 0 or d == 0:
-            raise ValueError(f"means must have at least one component and one dimension, got shape {(K, d)}")
-        if w.shape[0] != K:
-            raise ValueError(f"weights has {w.shape[0]} entries but means has {K} components")
+        K, d = _check_sizes(w, mu)
         if S.shape != (K, d, d):
             raise ValueError(f"covs must have shape {(K, d, d)} to match means, got {tuple(S.shape)}")
         _check_weights(w)
@@ -178,6 +184,21 @@ class GaussianMixture(Components):
         eps = torch.randn(n, self.d, dtype=torch.float64, generator=generator)
         root = self.eigvecs * self.eigvals.sqrt()[:, None, :]
         return self.means[k] + torch.einsum("nij,nj->ni", root[k], eps), self.labels[k]
+
+    def mean_and_covariance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E x0`` (d,) and ``Cov x0`` (d, d) of the whole mixture."""
+        w, mu, S = self.weights, self.means, self.covs
+        mean = (w[:, None] * mu).sum(0)
+        dev = mu - mean
+        return mean, (w[:, None, None] * (S + dev[:, :, None] * dev[:, None, :])).sum(0)
+
+    def cov_traces(self) -> torch.Tensor:
+        """``tr S_k`` (K,)."""
+        return self.covs.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+    def projected_covariances(self, P: torch.Tensor) -> torch.Tensor:
+        """``P^T S_k P`` (K, m, m) for ``P`` (d, m)."""
+        return P.T @ self.covs @ P
 
     def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Parameters on ``device``, laid out for batched evaluation.

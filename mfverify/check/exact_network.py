@@ -204,30 +204,18 @@ class _Along:
     def __init__(self, net, labels):
         self.net, self.labels = net, labels
 
-    def _by_label(self, fn, x, *rest):
-        if self.labels is None:
-            return fn(self.net._model(None).mixture, x, *rest)
-        K = self.net.mixture.n_classes
-        keys = torch.where((self.labels >= 0) & (self.labels < K), self.labels, torch.full_like(self.labels, -1))
-        out = None
-        for key in keys.unique().tolist():
-            rows = (keys == key).nonzero().flatten()
-            got = fn(self.net._model(None if key < 0 else int(key)).mixture, x[rows], *(a[rows] for a in rest))
-            if out is None:
-                out = torch.zeros((x.shape[0],) + tuple(got.shape[1:]), dtype=got.dtype)
-            out[rows] = got
-        return out
-
     def value(self, x, r, t):
         from mfverify import truth
 
-        return self._by_label(lambda m, *a: truth.average_velocity(m, *a, **self.net.route), x, r, t)
+        route = self.net.route
+        return self.net._per_label(self.labels, lambda m, *a: truth.average_velocity(m.mixture, *a, **route), x, r, t)
 
     def along(self, x, r, t, dx, dr, dt):
         from mfverify import truth
 
-        return self._by_label(lambda m, *a: truth.average_velocity_jvp(m, *a, **self.net.route)[1],
-                              x, r, t, dx.double(), dr.double(), dt.double())
+        route = self.net.route
+        return self.net._per_label(self.labels, lambda m, *a: truth.average_velocity_jvp(m.mixture, *a, **route)[1],
+                                   x, r, t, dx.double(), dr.double(), dt.double())
 
     def derivatives(self, x, r, t):
         return self.net._derivatives(x, r, t, self.labels)
@@ -404,16 +392,23 @@ class ExactNetwork(torch.nn.Module):
         return self._exact[label]
 
     def _derivatives(self, x, r, t, labels):
+        return self._per_label(labels, lambda model, *a: model._derivatives(*a), x, r, t)
+
+    def _per_label(self, labels, fn, x, *rest):
+        """``fn(exact model, x, *rest)`` (a tensor or a tuple of them) on each label's rows, the class's
+        own model for a class label and the mixture's for the null label (or no labels)."""
         if labels is None:
-            return self._model(None)._derivatives(x, r, t)
+            return fn(self._model(None), x, *rest)
         K = self.mixture.n_classes
         keys = torch.where((labels >= 0) & (labels < K), labels, torch.full_like(labels, -1))
-        parts = None
+        parts, single = None, False
         for key in keys.unique().tolist():
             rows = (keys == key).nonzero().flatten()
-            got = self._model(None if key < 0 else int(key))._derivatives(x[rows], r[rows], t[rows])
+            got = fn(self._model(None if key < 0 else int(key)), x[rows], *(a[rows] for a in rest))
+            if isinstance(got, torch.Tensor):
+                got, single = (got,), True
             if parts is None:
                 parts = [torch.zeros((x.shape[0],) + tuple(g.shape[1:]), dtype=g.dtype) for g in got]
             for p, g in zip(parts, got):
                 p[rows] = g
-        return tuple(parts)
+        return parts[0] if single else tuple(parts)

@@ -76,6 +76,21 @@ class TimeFeatures(nn.Module):
         )
 
 
+def check_options(sizes: dict, time_inputs: str, heads: int, n_classes: int, max_freq: float) -> None:
+    """The options a network shares with ``MeanFlowMLP`` (``sizes``: positive ints by name), checked."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if time_inputs not in TIME_INPUTS:
+        raise ValueError(f"time_inputs must be one of {TIME_INPUTS}, got {time_inputs!r}")
+    if heads > 2:
+        raise ValueError(f"heads must be 1 (u) or 2 (u, v), got {heads!r}")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 0:
+        raise ValueError(f"n_classes must be an int >= 0 (0: unconditional), got {n_classes!r}")
+    if not max_freq > 0:
+        raise ValueError(f"max_freq must be positive, got {max_freq!r}")
+
+
 class MeanFlowMLP(nn.Module):
     """``u_theta(x, r, t)``: an MLP on ``x`` and features of two times.
 
@@ -113,18 +128,9 @@ class MeanFlowMLP(nn.Module):
         The initial draws depend on it, so fix it where results must not depend on the
         caller's default dtype (``train.build_model`` uses float32)."""
         super().__init__()
-        for name, value in (("d", d), ("width", width), ("depth", depth), ("n_freqs", n_freqs), ("heads", heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if time_inputs not in TIME_INPUTS:
-            raise ValueError(f"time_inputs must be one of {TIME_INPUTS}, got {time_inputs!r}")
-        if heads > 2:
-            raise ValueError(f"heads must be 1 (u) or 2 (u, v), got {heads!r}")
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 0:
-            raise ValueError(f"n_classes must be an int >= 0 (0: unconditional), got {n_classes!r}")
+        check_options({"d": d, "width": width, "depth": depth, "n_freqs": n_freqs, "heads": heads}, time_inputs,
+                      heads, n_classes, max_freq)
         self.d, self.time_inputs, self.heads, self.n_classes = d, time_inputs, heads, n_classes
-        if not max_freq > 0:
-            raise ValueError(f"max_freq must be positive, got {max_freq!r}")
         self.time_a = TimeFeatures(time_features, n_freqs, max_freq, seed=0, dtype=dtype)
         self.time_b = TimeFeatures(time_features, n_freqs, max_freq, seed=1, dtype=dtype)
         layers: list[nn.Module] = []

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from mfverify.nets.conditioned import label_inputs
-from mfverify.nets.mlp import TIME_FEATURES, TIME_INPUTS, TimeFeatures
+from mfverify.nets.mlp import TimeFeatures, check_options
 
 
 def _groups(channels: int, groups: int) -> int:
@@ -58,10 +58,8 @@ class UNet(nn.Module):
                  time_inputs: str = "t,t-r", time_features: str = "sinusoidal", n_freqs: int = 8,
                  max_freq: float = 64.0, heads: int = 1, n_classes: int = 0, dtype: torch.dtype | None = None):
         super().__init__()
-        for name, value in (("d", d), ("channels", channels), ("levels", levels), ("emb", emb), ("groups", groups),
-                            ("n_freqs", n_freqs), ("heads", heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_options({"d": d, "channels": channels, "levels": levels, "emb": emb, "groups": groups,
+                       "n_freqs": n_freqs, "heads": heads}, time_inputs, heads, n_classes, max_freq)
         if shape is None:
             raise ValueError("network 'unet' needs the image shape (C, H, W): the case declares none (an image "
                              "case such as digits or images32 does), or set network_options shape = [C, H, W]")
@@ -74,14 +72,6 @@ class UNet(nn.Module):
         if H % 2**levels or W % 2**levels:
             raise ValueError(f"levels = {levels} halves the image {levels} times: H = {H} and W = {W} must be "
                              f"divisible by {2**levels}")
-        if time_inputs not in TIME_INPUTS:
-            raise ValueError(f"time_inputs must be one of {TIME_INPUTS}, got {time_inputs!r}")
-        if time_features not in TIME_FEATURES:
-            raise ValueError(f"time_features must be one of {TIME_FEATURES}, got {time_features!r}")
-        if heads > 2:
-            raise ValueError(f"heads must be 1 (u) or 2 (u, v), got {heads!r}")
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 0:
-            raise ValueError(f"n_classes must be an int >= 0 (0: unconditional), got {n_classes!r}")
         self.d, self.shape, self.heads, self.n_classes, self.time_inputs = d, (C, H, W), heads, n_classes, time_inputs
         self.time_a = TimeFeatures(time_features, n_freqs, max_freq, seed=0, dtype=dtype)
         self.time_b = TimeFeatures(time_features, n_freqs, max_freq, seed=1, dtype=dtype)

@@ -26,8 +26,7 @@ def data_scale(case) -> float:
     m = get_case(case) if isinstance(case, str) else case
     w = m.weights
     mean = (w[:, None] * m.means).sum(0)
-    traces = m.cov_traces() if hasattr(m, "cov_traces") else m.covs.diagonal(dim1=-2, dim2=-1).sum(-1)
-    second = (w * (traces + m.means.square().sum(-1))).sum()
+    second = (w * (m.cov_traces() + m.means.square().sum(-1))).sum()
     return math.sqrt(max(float(second - mean.square().sum()), 0.0))
 
 

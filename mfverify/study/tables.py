@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from mfverify.cases import GaussianMixture, LowRankMixture, ProductMixture, get_case
+from mfverify.cases import ProductMixture, get_case
 from mfverify.io import write_text
 from mfverify.study.config import MODEL_BASELINES
 from mfverify.study.store import csv_text
@@ -74,28 +74,18 @@ def plotting_frame(mixture):
     if d == 2:
         return torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64), "identity"
     if isinstance(mixture, ProductMixture):
-        var = torch.tensor([_moments(f)[1][0, 0].item() for f in mixture.factors], dtype=torch.float64)
+        var = torch.tensor([f.mean_and_covariance()[1][0, 0].item() for f in mixture.factors], dtype=torch.float64)
         order = sorted(range(d), key=lambda j: (-var[j].item(), j))[:2]
         P = torch.zeros(d, 2, dtype=torch.float64)
         P[order[0], 0] = P[order[1], 1] = 1.0
         return torch.zeros(d, dtype=torch.float64), P, "coordinates"
-    mean, cov = _moments(mixture)
+    mean, cov = mixture.mean_and_covariance()
     lam, Q = torch.linalg.eigh(cov)
     P = Q[:, [-1, -2]].clone()
     for k in range(2):  # a deterministic sign: the largest entry positive
         if P[P[:, k].abs().argmax(), k] < 0:
             P[:, k] = -P[:, k]
     return mean, P, "pca"
-
-
-def _moments(mixture: GaussianMixture | LowRankMixture):
-    if isinstance(mixture, LowRankMixture):
-        return mixture.mean_and_covariance()
-    w, mu, S = mixture.weights, mixture.means, mixture.covs
-    mean = (w[:, None] * mu).sum(0)
-    dev = mu - mean
-    cov = (w[:, None, None] * (S + dev[:, :, None] * dev[:, None, :])).sum(0)
-    return mean, cov
 
 
 def _projected_components(mixture, origin, P):
@@ -107,12 +97,7 @@ def _projected_components(mixture, origin, P):
         mu = torch.stack([fa.means[:, 0].repeat_interleave(fb.K), fb.means[:, 0].repeat(fa.K)], dim=1)
         var = torch.stack([fa.covs[:, 0, 0].repeat_interleave(fb.K), fb.covs[:, 0, 0].repeat(fa.K)], dim=1)
         return w, mu, torch.diag_embed(var)
-    mu = (mixture.means - origin) @ P
-    if isinstance(mixture, LowRankMixture):  # P^T (F F^T + s I) P, no d x d matrix
-        FP = mixture.factors.transpose(1, 2) @ P
-        return mixture.weights, mu, FP.transpose(1, 2) @ FP + mixture.noise[:, None, None] * (P.T @ P)
-    S = P.T @ mixture.covs @ P
-    return mixture.weights, mu, S
+    return mixture.weights, (mixture.means - origin) @ P, mixture.projected_covariances(P)
 
 
 def density_table(mixture, case, origin, P, projection, lo, hi) -> list[dict]:

@@ -78,8 +78,12 @@ class ExactModel:
     in the direction of a perturbation ``eps h`` involves first derivatives only.
     """
 
-    def __init__(self, mixture, **route):
+    def __init__(self, mixture, replicated: bool | None = None, **route):
+        """``replicated``: rows equal to 1e-12 relative share one solve (``_solve``); by default for a
+        mixture without a compiled kernel (``LowRankMixture``), where a solve is dear."""
         self.mixture, self.route = mixture, route
+        self.replicated = not isinstance(mixture, (GaussianMixture, ProductMixture)) if replicated is None \
+            else replicated
         self._memo: list = []  # the last few solves: checks call u* at the same points per direction
 
     def __call__(self, x, r, t):
@@ -100,12 +104,12 @@ class ExactModel:
         return value
 
     def _solve(self, x, r, t):
-        """The derivatives at every row; for a mixture without a compiled kernel (``LowRankMixture``)
-        once per distinct point: a sigma-point batch repeats each point 2d times, equal up to the
-        round-off of ``x_t = (1-t) x0 + t x1`` rebuilt inside the loss (rows equal to 1e-12 relative
-        share the first one's solve, as ``stability._Replicated``; the first-order expansion around
-        each row keeps the error at ``|J_x u| 1e-12 |x|``)."""
-        if isinstance(self.mixture, (GaussianMixture, ProductMixture)):
+        """The derivatives at every row; ``replicated``: once per distinct point. A sigma-point batch
+        repeats each point 2d times (the stability check's copies likewise), equal up to the round-off
+        of ``x_t = (1-t) x0 + t x1`` rebuilt inside the loss: rows equal to 1e-12 relative share the
+        first one's solve, and the first-order expansion around each row's own value keeps the error
+        at ``|J_x u| 1e-12 |x|``."""
+        if not self.replicated:
             return truth.average_velocity_derivatives(self.mixture, x, r, t, **self.route)
         rows = torch.cat([x, r[:, None], t[:, None]], dim=1)
         unique, first, inverse = unique_rows(torch.round(rows / rows.abs().amax(0).clamp_min(1.0) * 1e12))

@@ -149,7 +149,10 @@ def training_points(mixture, n: int, kind: str = "logit_normal", mean: float = -
 class _Replicated(identities.ExactModel):
     """The exact model on stacked copies of the same rows: the ODE is solved once per distinct
     point and its derivatives are repeated; the first-order expansion around every row keeps
-    each copy's own gradient and tangent."""
+    each copy's own gradient and tangent (``ExactModel`` with ``replicated``)."""
+
+    def __init__(self, mixture, **route):
+        super().__init__(mixture, replicated=True, **route)
 
     def __call__(self, x, r, t):
         # a call that no derivative can reach (a stopped target, plain tensors, no autograd):
@@ -163,19 +166,6 @@ class _Replicated(identities.ExactModel):
 
             return truth.average_velocity(self.mixture, x, r, t).to(x.dtype)
         return super().__call__(x, r, t)
-
-    def _derivatives(self, x, r, t):
-        # the J copies repeat the rows, and the sigma points of a training point share it up to
-        # the round-off of x_t = (1-t) x0 + t x1 inside the loss: solve once per point (rows
-        # equal to 1e-12 relative share one solve; the first-order expansion around each row's
-        # own value keeps the error at |J_x u| 1e-12 |x|)
-        rows = torch.cat([x, r[:, None], t[:, None]], dim=1)
-        key = torch.round(rows / rows.abs().amax(0).clamp_min(1.0) * 1e12)
-        unique, first, inverse = identities.unique_rows(key)
-        if len(unique) == len(rows):
-            return super()._derivatives(x, r, t)
-        one = super()._derivatives(x[first], r[first], t[first])
-        return tuple(a[inverse] for a in one)
 
 
 class _Perturbed:

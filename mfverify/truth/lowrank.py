@@ -32,21 +32,25 @@ __all__ = ["velocity", "velocity_jvp", "score", "posterior", "log_density", "com
 
 
 def _terms(mix: LowRankMixture, x: torch.Tensor, t: torch.Tensor):
-    """``P`` (n, K q), ``c`` (n, K q), ``c_perp`` (n, K) and the logits ``log w_k N_k`` (n, K)."""
+    """``P`` (n, K q), ``c`` (n, K q), ``c_perp`` (n, K), the logits ``log w_k N_k`` (n, K), and for
+    ``d > q`` the products ``x . mu_k`` and the squared lengths ``|y_k|^2 - |P_k|^2`` off ``U_k``
+    (n, K) (None at ``d = q``)."""
     T = mix.tensors(x.device)
     d, q = mix.d, mix.q
     tc = t[:, None]
     b = 1 - tc
     P = torch.addmm(T["muU"] * -b, x, T["Ucat"])
-    y_sq = x.square().sum(1, keepdim=True) - 2 * b * (x @ T["muT"]) + b.square() * T["mu_sq"]
     c = torch.addcmul(tc.square(), b.square(), T["lam"])
     c_perp = torch.addcmul(tc.square(), b.square(), T["noise"])
-    p_sq = component_sum(P.square(), q)
     quad = component_sum(P.square() / c + c.log(), q)
+    xm = perp = None
     if d > q:
-        quad = quad + (y_sq - p_sq).clamp_min(0) / c_perp + (d - q) * c_perp.log()
+        xm = x @ T["muT"]
+        y_sq = x.square().sum(1, keepdim=True) - 2 * b * xm + b.square() * T["mu_sq"]
+        perp = (y_sq - component_sum(P.square(), q)).clamp_min(0)
+        quad = quad + perp / c_perp + (d - q) * c_perp.log()
     logits = T["log_w"] - 0.5 * (quad + d * LOG_2PI)
-    return P, c, c_perp, logits
+    return P, c, c_perp, logits, xm, perp
 
 
 def _combine(mix, x, t, pi, P, gain, gain_perp, mean_coef):
@@ -60,7 +64,7 @@ def _combine(mix, x, t, pi, P, gain, gain_perp, mean_coef):
 
 def velocity(mix: LowRankMixture, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     T = mix.tensors(x.device)
-    P, c, c_perp, logits = _terms(mix, x, t)
+    P, c, c_perp, logits, _, _ = _terms(mix, x, t)
     pi = torch.softmax(logits, dim=-1)
     tc = t[:, None]
     a = torch.addcmul(tc, tc - 1, T["lam"]) / c
@@ -79,7 +83,7 @@ def velocity_jvp(mix: LowRankMixture, x, t, dx, dt):
     d, q = mix.d, mix.q
     tc, dtc = t[:, None], dt[:, None]
     b = 1 - tc
-    P, c, c_perp, logits = _terms(mix, x, t)
+    P, c, c_perp, logits, xm, perp = _terms(mix, x, t)
     pi = torch.softmax(logits, dim=-1)
     lam, noise = T["lam"], T["noise"]
     a = torch.addcmul(tc, tc - 1, lam) / c
@@ -89,11 +93,8 @@ def velocity_jvp(mix: LowRankMixture, x, t, dx, dt):
     dP = torch.addmm(T["muU"] * dtc, dx, T["Ucat"])
     dlogit = -component_sum(P * dP / c - (P.square() / c - 1) * a * dtc, q)
     if d > q:
-        xm = x @ T["muT"]
         y_dy = ((x * dx).sum(1, keepdim=True) + dtc * xm - b * (dx @ T["muT"]) - b * dtc * T["mu_sq"])
         p_dp = component_sum(P * dP, q)
-        y_sq = x.square().sum(1, keepdim=True) - 2 * b * xm + b.square() * T["mu_sq"]
-        perp = (y_sq - component_sum(P.square(), q)).clamp_min(0)
         dlogit = dlogit - ((y_dy - p_dp) / c_perp - (perp / c_perp - (d - q)) * a_perp * dtc)
     dpi = pi * (dlogit - (pi * dlogit).sum(-1, keepdim=True))
     v = _combine(mix, x, t, pi, P, a, a_perp, -1.0)
@@ -107,7 +108,7 @@ def velocity_jvp(mix: LowRankMixture, x, t, dx, dt):
 
 
 def score(mix: LowRankMixture, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    P, c, c_perp, logits = _terms(mix, x, t)
+    P, c, c_perp, logits, _, _ = _terms(mix, x, t)
     pi = torch.softmax(logits, dim=-1)
     return -_combine(mix, x, t, pi, P, c.reciprocal(), c_perp.reciprocal(), 0.0)
 
@@ -126,7 +127,7 @@ def component_moments(mix: LowRankMixture, x: torch.Tensor, t: torch.Tensor):
     T = mix.tensors(x.device)
     n = x.shape[0]
     K, q = mix.K, mix.q
-    P, c, c_perp, logits = _terms(mix, x, t)
+    P, c, c_perp, logits, _, _ = _terms(mix, x, t)
     pi = torch.softmax(logits, dim=-1)
     tc = t[:, None]
     a = (torch.addcmul(tc, tc - 1, T["lam"]) / c).view(n, K, q)
