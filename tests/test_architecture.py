@@ -71,6 +71,7 @@ def test_no_source_file_over_600_lines():
     assert long == {}
 
 
+@pytest.mark.slow  # spawns processes
 def test_the_layers_in_pyproject_are_kept():
     res = subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
                           "sys.exit(lint_imports_command())"], cwd=ROOT, capture_output=True, text=True, timeout=300)

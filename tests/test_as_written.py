@@ -11,107 +11,10 @@ import json
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 
 import tests.as_written_losses as L
-from mfverify import truth
-from mfverify.cases import get_case
 from mfverify.check import main
 from mfverify.check.as_written import run_as_written
-from mfverify.check.exact_network import ExactNetwork
-
-CASES = ("gauss2d_aniso", "bimodal1d", "ring8", "wide2d")
-# the exact model's values and derivatives are the truth's own (the same solve); the ODE
-# route's answers at the same points agree to round-off, 1e-12 relative with margin
-RTOL = 1e-12
-
-
-def _points(mixture, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    t = 0.05 + 0.95 * torch.rand(n, generator=g)
-    r = t * torch.rand(n, generator=g)
-    x = (1 - t[:, None]) * mixture.sample(n, generator=g) + t[:, None] * torch.randn(n, mixture.d, generator=g)
-    v = torch.randn(n, mixture.d, generator=g)
-    return x, r, t, v
-
-
-def _close(a, b, rtol=RTOL):
-    return (a - b).abs().max().item() <= rtol * max(b.abs().max().item(), 1.0)
-
-
-@given(case=st.sampled_from(CASES), seed=st.integers(0, 10_000))
-def test_the_exact_network_is_the_truth_under_every_jvp(case, seed):
-    mixture = get_case(case)
-    net = ExactNetwork(mixture)
-    x, r, t, v = _points(mixture, 5, seed)
-    u_true, du_true = truth.average_velocity_jvp(mixture, x, r, t, v, 0.0, 1.0)
-    assert _close(net(x, r, t).detach(), u_true)
-    _, d_func = torch.func.jvp(net, (x, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
-    import torch.autograd.forward_ad as fwAD
-
-    with fwAD.dual_level():
-        d_fwd = fwAD.unpack_dual(net(fwAD.make_dual(x, v), r, fwAD.make_dual(t, torch.ones_like(t)))).tangent
-    xx, tt = x.clone().requires_grad_(), t.clone().requires_grad_()
-    out = net(xx, r, tt)
-    w = torch.zeros_like(out, requires_grad=True)
-    gx, gt = torch.autograd.grad(out, (xx, tt), w, create_graph=True)
-    (d_double,) = torch.autograd.grad((gx * v).sum() + gt.sum(), w)
-    for d in (d_func, d_fwd, d_double):
-        assert _close(d.detach(), du_true)
-
-
-def test_the_exact_network_in_other_conventions_shapes_and_dtypes():
-    mixture = get_case("ring8")
-    x, r, t, _ = _points(mixture, 6, 1)
-    u = truth.average_velocity(mixture, x, r, t)
-    assert _close(ExactNetwork(mixture, inputs="x,t,r")(x, t, r).detach(), u)
-    assert _close(ExactNetwork(mixture, inputs="x,t,h")(x, t, t - r).detach(), u)
-    assert _close(ExactNetwork(mixture, inputs="reversed")(x, 1 - t, 1 - r).detach(), -u)
-    assert _close(ExactNetwork(mixture, inputs="reversed,t,h")(x, 1 - t, t - r).detach(), -u)
-    net = ExactNetwork(mixture)
-    assert _close(net(x, r[:, None, None, None], t[:, None]).detach(), u)  # times in any shape
-    u32 = net(x.float(), r.float(), t.float())
-    assert u32.dtype == torch.float32
-    # computed in float64 from the rounded inputs: off by float32's rounding of inputs and output
-    assert (u32.double() - u).abs().max().item() <= 1e-5 * max(u.abs().max().item(), 1.0)
-    rows = torch.randperm(6)
-    assert _close(net(x[rows], r[rows], t[rows]).detach(), u[rows])
-    img = get_case("random16d")
-    xi, ri, ti, _ = _points(img, 3, 2)
-    out = ExactNetwork(img)(xi.reshape(3, 1, 4, 4), ri, ti)
-    assert out.shape == (3, 1, 4, 4) and _close(out.reshape(3, 16).detach(), truth.average_velocity(img, xi, ri, ti))
-
-
-def test_the_exact_network_answers_labels_with_the_class_field_and_the_null_label_with_all():
-    mixture = get_case("ring8_two_classes")
-    x, r, t, _ = _points(mixture, 6, 3)
-    labels = torch.tensor([0, 1, 0, 1, 2, -1])  # 2 and -1: the null label of label dropout
-    u = ExactNetwork(mixture)(x, r, t, labels=labels).detach()
-    for i, c in enumerate(labels.tolist()):
-        m = mixture.class_mixture(c) if c in (0, 1) else mixture
-        assert _close(u[i : i + 1], truth.average_velocity(m, x[i : i + 1], r[i : i + 1], t[i : i + 1]))
-    with pytest.raises(TypeError, match="keyword"):
-        ExactNetwork(mixture)(x, r, t, mask=labels)
-
-
-def test_the_exact_network_gradient_is_the_directional_derivative_and_calls_are_recorded():
-    mixture = get_case("ring8")
-    net = ExactNetwork(mixture)
-    x, r, t, _ = _points(mixture, 6, 4)
-    target = torch.randn(6, 2)
-    (net(x, r, t) - target).square().sum().backward()
-    u = truth.average_velocity(mixture, x, r, t)
-    h = net._smooth[1](x, r, t)  # the wavy direction
-    assert _close(net.eps.grad[1], (2 * (u - target) * h).sum(), 1e-10)
-    # outside [0, 1] and r > t: finite, counted, never NaN
-    half = 0.5 * t
-    out = net(x, torch.full((6,), -0.5), t) + net(x, half + 0.3, half)
-    assert torch.isfinite(out).all()
-    s = net.calls.summary()
-    assert s["calls"] == 18 and s["fraction_outside_unit_interval"] == pytest.approx(6 / 18)
-    assert s["fraction_r_gt_t"] == pytest.approx(6 / 18) and s["min_time"] == -0.5
-
 
 def _run(fn, cases, **kw):
     return run_as_written(fn, cases=cases, name=fn.__name__, **kw)

@@ -10,6 +10,7 @@ import torch
 
 from mfverify import check, objectives
 from mfverify.check import battery
+from mfverify.check.exact_core import smooth_directions
 from mfverify.cases import get_case
 from mfverify.theory import identities
 
@@ -85,7 +86,7 @@ def test_a_false_quadratic_declaration_is_an_error_not_an_exact_result():
     liar = replace(P.zhuyu_meanflow, quadratic_in_v_c=True)
     m = get_case("ring8")
     x, r, t = battery._points(m, 0, 2, r0=False)
-    h = battery._directions(2, 0)["wavy"]
+    h = smooth_directions(2, 0)["wavy"]
     with pytest.raises(identities.NotQuadratic, match="declared quadratic in v_c"):
         identities.population_gradient(liar, m, h, x, r, t, p=0.0)
     with pytest.raises(ValueError, match="not declared quadratic"):
@@ -249,6 +250,7 @@ def test_run_refuses_bad_arguments_naming_them(kwargs, error, pattern):
         check.run("mf", **kwargs)
 
 
+@pytest.mark.slow  # spawns processes
 def test_console_script_and_module_entry(tmp_path):
     import subprocess
 
@@ -258,6 +260,7 @@ def test_console_script_and_module_entry(tmp_path):
     assert "check of fm: PASSED" in res.stdout
 
 
+@pytest.mark.slow  # spawns processes
 def test_the_console_script_imports_a_loss_from_the_current_folder(tmp_path):
     """``mfverify check mymod:loss`` finds ``./mymod.py`` as ``python -m mfverify check`` does."""
     import os

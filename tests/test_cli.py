@@ -63,6 +63,7 @@ def test_each_tool_s_help_names_it_and_describes_every_option(tool, capsys):
             assert following and not following.startswith("-"), f"{tool}: {stripped} has no description"
 
 
+@pytest.mark.slow  # spawns processes
 def test_mfverify_check_finds_a_module_in_the_current_folder(tmp_path):
     (tmp_path / "mymod.py").write_text(
         "def myloss(model, x0, x1, r, t):\n"

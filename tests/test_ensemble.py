@@ -91,6 +91,7 @@ def _results(out):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # spawns processes
 def test_an_ensemble_study_is_deterministic_and_within_the_solo_seed_spread(tmp_path, plugin):  # noqa: F811
     path = tmp_path / "tiny.toml"
     path.write_text(TINY.replace("seeds = 2", "seeds = 3"))

@@ -37,6 +37,7 @@ def _task_pids():
     return [int(line.split()[0]) for line in out.splitlines()[1:] if "ray::_ray_task" in line]
 
 
+@pytest.mark.slow  # spawns processes
 def test_quick_study_on_a_two_node_ray_cluster_survives_a_killed_worker(tmp_path, plugin, monkeypatch):  # noqa: F811
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     pool = run_study(load_study("objectives_compare", preset="quick"), tmp_path / "pool", jobs=2, progress=False,
@@ -92,6 +93,7 @@ def test_unknown_executor_and_stray_address_are_errors(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow  # spawns processes
 def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(ValueError, match=r'pip install -e "\.\[ray\]"'):
@@ -99,6 +101,7 @@ def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow  # spawns processes
 @pytest.mark.parametrize("address, message", [("127.0.0.1:1", "no Ray cluster answers there"),
                                               ("nonsense", "expected auto or HOST:PORT")])
 def test_a_ray_address_that_does_not_answer_fails_fast_and_writes_nothing(tmp_path, address, message):

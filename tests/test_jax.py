@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # spawns processes
 def test_the_jax_exact_model_in_its_own_process():
     if not os.environ.get("CI"):
         pytest.importorskip("jax", reason="JAX is not installed (pip install -e \".[jax]\")")

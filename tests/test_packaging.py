@@ -1,5 +1,6 @@
 """Installed without -e (a wheel), the package carries its studies and runs them from any folder."""
 
+import pytest
 import csv
 import site
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # spawns processes
 def test_a_wheel_installed_in_a_fresh_environment_runs_the_quick_study_from_another_folder(tmp_path):
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",

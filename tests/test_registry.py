@@ -157,6 +157,7 @@ def plugin(tmp_path, monkeypatch):
     sys.modules.pop("mfv_plugin", None)
 
 
+@pytest.mark.slow  # spawns processes
 def test_an_installed_plugin_objective_runs_in_objectives_compare_with_two_jobs(plugin, tmp_path):
     assert plugin in objectives.names()
     out = tmp_path / "study"
@@ -170,6 +171,7 @@ def test_an_installed_plugin_objective_runs_in_objectives_compare_with_two_jobs(
     assert all(v == v and v < 10 for v in mine)  # trained and evaluated: finite, data-sized errors
 
 
+@pytest.mark.slow  # spawns processes
 def test_a_plugin_objective_resolves_in_spawned_workers(plugin, tmp_path):
     # GPU studies spawn their workers: a fresh interpreter must find the name by itself
     path = tmp_path / "tiny.toml"
@@ -182,6 +184,7 @@ def test_a_plugin_objective_resolves_in_spawned_workers(plugin, tmp_path):
     assert (out / "runs" / "ring8" / "tests.public_losses_haidog_meanflow" / "seed0" / "run.json").exists()
 
 
+@pytest.mark.slow  # spawns processes
 def test_a_decorator_registered_objective_resolves_in_spawned_workers(tmp_path, monkeypatch):
     root = tmp_path / "site"
     root.mkdir()

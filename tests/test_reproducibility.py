@@ -14,6 +14,7 @@ def _env_without(*names):
     return {k: v for k, v in os.environ.items() if k not in names}
 
 
+@pytest.mark.slow  # spawns processes
 @pytest.mark.skipif(not _cpu_has_avx2(), reason="the pin applies to CPUs with AVX2 only")
 def test_importing_mfverify_pins_mkl_to_avx2_unless_the_user_chose():
     code = "import mfverify, os; print(os.environ.get('MKL_CBWR'))"

@@ -63,6 +63,7 @@ def test_quick_preset_smoke(tmp_path):
     assert {int(r["nfe"]) for r in rows if r["method"] == "scm"} <= {0, 1}  # scm: NFE 1 only (0: field error)
 
 
+@pytest.mark.slow  # spawns processes
 def test_same_seed_gives_identical_results(tiny, tmp_path):
     a = (_run(tiny, tmp_path / "a") / "results.csv").read_bytes()
     b = (_run(tiny, tmp_path / "b") / "results.csv").read_bytes()
@@ -71,6 +72,7 @@ def test_same_seed_gives_identical_results(tiny, tmp_path):
     assert a == c  # parallel processes give the same numbers
 
 
+@pytest.mark.slow  # spawns processes
 def test_spawned_workers_give_the_same_results(tiny, tmp_path):
     """GPU studies start workers with spawn: fresh interpreters, none of this process's
     global torch state (the tests' default dtype is float64), and the same numbers."""
@@ -245,6 +247,7 @@ def test_studies_registry_finds_registered_files(tmp_path, tiny):
         studies.unregister("tiny_registered")
 
 
+@pytest.mark.slow  # spawns processes
 def test_results_do_not_depend_on_the_callers_thread_count(tiny, tmp_path):
     """The driver computes the baselines' metrics: with one thread, as the workers do."""
     import torch

@@ -78,6 +78,7 @@ def test_device_cuda_without_cuda_is_refused_before_any_file(tmp_path, capsys):
     assert "CUDA is not available" in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.slow  # spawns processes
 def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
     study = load_study(_write(tmp_path, TINY))
     out = tmp_path / "out"
@@ -147,6 +148,7 @@ def test_a_study_without_presets_runs_as_written(tmp_path):
     assert (out / "results.csv").exists()
 
 
+@pytest.mark.slow  # spawns processes
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc (Linux)")
 def test_workers_die_with_their_parent(tmp_path):
     path = _write(tmp_path, TINY.replace("steps = 20", "steps = 20000"))

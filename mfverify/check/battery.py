@@ -25,118 +25,31 @@ its numbers, its rule and a verdict:
 Python: ``report = mfverify.check.run(loss, reference=None, cases=None, options=None, seed=0)``;
 ``report.passed``, ``report.checks[NAME].passed / .value / .rule``, ``report.to_json()``.
 Exit status of the command: 0 every check passed, 1 one failed, 2 a usage error.
+
+Each check is a registered object (``mfverify.check.checks``), run in registration order
+on a ``PerSample`` context; a check registered from outside for this battery runs too.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
-from statistics import NormalDist
 
 import torch
 
-from mfverify import objectives
+from mfverify import objectives, path
 from mfverify.cases import get_case
-from mfverify.check.exact_network import smooth_directions
+from mfverify.check import checks as _checks
+from mfverify.check.exact_core import smooth_directions
+from mfverify.check.report import (DEFAULT_CASES, CheckResult, LossError, Report, check_cases, check_int, check_rtol,
+                                   fmt, progress)
+from mfverify.check.statistics import EQUAL_RTOL, FIVE_SIGMA_P, STATIONARY_RTOL, bonferroni_z, floored_z
 from mfverify.nets import build_network
 from mfverify.theory import identities
 
-__all__ = ["run", "Report", "CheckResult", "DEFAULT_CASES", "check_rtol"]
-
-# a Gaussian, a 1-D bimodal mixture, ring8, and velocities beyond 4 (a clipped target shows)
-DEFAULT_CASES = ("gauss2d_aniso", "bimodal1d", "ring8", "wide2d")
-
-# float64 throughout; two computation graphs of the same value differ by round-off
-# (~1e-14 relative); 1e-9 leaves five orders for sums over many parameters
-EQUAL_RTOL = 1e-9
-# the exact route: the truth's derivatives are accurate to ~1e-10 relative (ODE route,
-# rtol 1e-12), times O(1) factors (tests/test_objectives.py uses the same bar)
-STATIONARY_RTOL = 1e-8
-# Monte Carlo: 5 sigma (two-sided p = 5.7e-7) for the family of tests, Bonferroni
-FIVE_SIGMA_P = 2 * (1 - NormalDist().cdf(5.0))
-
-
-def bonferroni_z(m: int) -> float:
-    """The |z| above which one of ``m`` tests is significant at the 5-sigma family level."""
-    return NormalDist().inv_cdf(1 - FIVE_SIGMA_P / (2 * max(m, 1)))
-
-
-@dataclass
-class CheckResult:
-    """One row of the report: ``value`` is the statistic the ``rule`` is applied to."""
-
-    name: str
-    passed: bool
-    value: float
-    rule: str
-    counts: bool = True  # informational checks do not decide report.passed
-    details: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"passed": self.passed, "value": self.value, "rule": self.rule,
-                **({"informational": True} if not self.counts else {}), **self.details}
-
-
-@dataclass
-class Report:
-    loss: str
-    checks: dict[str, CheckResult]
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    sampler: dict | None = None  # the as-written battery: what the loss's sampler trains
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks.values() if c.counts)
-
-    def to_dict(self) -> dict:
-        out = {"loss": self.loss, "passed": self.passed,
-               "checks": {k: c.to_dict() for k, c in self.checks.items()}, "notes": self.notes}
-        if self.sampler is not None:
-            out["sampler"] = dict(self.sampler)
-        return out
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, default=_json_default)
-
-    def table(self) -> str:
-        """The report as a Markdown table, one row per check."""
-        lines = [f"check of {self.loss}: {'PASSED' if self.passed else 'FAILED'} ({self.seconds:.0f} s)", "",
-                 "| check | verdict | value | rule | details |", "|---|---|---|---|---|"]
-        for c in self.checks.values():
-            verdict = ("pass" if c.passed else "FAIL") + ("" if c.counts else " (informational)")
-            extra = ", ".join(f"{k} = {_fmt(v)}" for k, v in c.details.items() if k not in ("per_case", "sentence"))
-            cells = (c.name, verdict, _fmt(c.value), c.rule, extra)
-            lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
-        for c in self.checks.values():
-            for case, d in c.details.get("per_case", {}).items():
-                lines.append(f"  {c.name} on {case}: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in d.items()))
-        if self.sampler is not None:
-            s = self.sampler
-            lines.append(f"  sampler: {s['calls']} calls of the model; outside [0, 1]: "
-                         f"{s['fraction_outside_unit_interval']:.3g}; r > t: {s['fraction_r_gt_t']:.3g}; "
-                         f"on the diagonal: {s['fraction_diagonal']:.3g}; one-step interval trained: "
-                         f"{'yes' if s['one_step_trained'] else 'no'}")
-        lines += [f"- {n}" for n in self.notes]
-        return "\n".join(lines)
-
-
-def _cell(text) -> str:
-    """A Markdown table cell: a ``|`` in the text would end the cell."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _fmt(v):
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def _json_default(v):
-    if isinstance(v, torch.Tensor):
-        return v.tolist()
-    raise TypeError(f"cannot write {type(v).__name__} to JSON")
+__all__ = ["run", "Report", "CheckResult", "DEFAULT_CASES", "check_rtol", "PerSample", "bonferroni_z",
+           "FIVE_SIGMA_P", "LossError", "EQUAL_RTOL", "STATIONARY_RTOL"]
 
 
 # ------------------------------------------------------------------ inputs
@@ -189,11 +102,6 @@ class _Loss:
             raise LossError(f"loss {self.name!r} returned non-finite values on finite inputs (a random network, "
                             "random data and times)")
         return loss
-
-
-class LossError(ValueError):
-    """The loss under test failed or returned what a per-sample loss cannot be (exit 2, not a
-    failed check)."""
 
 
 def _has_trainable(model) -> bool:
@@ -283,8 +191,7 @@ REFERENCE = "fm"  # the objective that reduces_to_fm compares every loss with at
 
 def _fm_both_heads(model, x0, x1, r, t, **options):
     """``fm`` on each head of a two-head model: ``|u(x_t, t, t) - v_c|^2 + |v(x_t, t) - v_c|^2``."""
-    x_t = (1 - t[:, None]) * x0 + t[:, None] * x1
-    second = (model.velocity(x_t, t) - (x1 - x0)).square().sum(1)
+    second = (model.velocity(path.x_t(x0, x1, t), t) - path.v_c(x0, x1)).square().sum(1)
     return objectives.get(REFERENCE)(model, x0, x1, r, t, **options) + second
 
 
@@ -316,9 +223,6 @@ def check_equivalent(loss: _Loss, reference: _Loss, batches, seed, rtol=EQUAL_RT
                                 **_factor_details(factors), "value_residual": res_v, "gradient_residual": res_g})
 
 
-_directions = smooth_directions  # the per-sample battery's directions are the exact network's smooth ones
-
-
 def _points(mixture, seed: int, n: int, r0: bool):
     """``n`` points ``x_t ~ p_t`` with ``t ~ U(0.3, 1)`` and ``r = 0`` for the first half (long
     intervals, where the terms of a MeanFlow loss are largest), ``r ~ U(0, t)`` for the rest but
@@ -331,21 +235,10 @@ def _points(mixture, seed: int, n: int, r0: bool):
         r[-1] = t[-1]  # one on the diagonal, where every loss of the family is flow matching
     if r0:
         r = torch.zeros_like(t)
-    x0 = mixture.sample(n, generator=g)
-    x1 = torch.randn(n, mixture.d, generator=g, dtype=torch.float64)
-    return (1 - t[:, None]) * x0 + t[:, None] * x1, r, t
+    return path.sample(mixture, t, g), r, t
 
 
-def _mc_z(mean, se, size, rtol):
-    """``|mean| / sqrt(se^2 + (rtol size)^2)``: a z-score that does not call round-off significant.
-    Without label noise (``shortcut`` at ``r < t``) every draw gives the same derivative, ``se``
-    is ~0 and the mean is the exact model's error (~1e-12 of the terms). ``size`` is
-    ``identities.sensitivity``, the derivative's size with the model off by ``h``: it scales
-    with the loss, so the statistic does not depend on the loss's units."""
-    return mean.abs() / (se.square() + (rtol * size).square()).sqrt().clamp_min(1e-300)
-
-
-def check_stationary(loss: _Loss, cases, seed, n_points: int, n_samples: int, progress=False,
+def check_stationary(loss: _Loss, cases, seed, n_points: int, n_samples: int, progress_=False,
                      points=None, directions=None, rtol: float = STATIONARY_RTOL) -> CheckResult:
     """``cases``: names or mixtures; ``points``: ``(x, r, t)`` for every case (default: drawn per
     case); ``directions``: ``{name: h}`` (default: a random network and a wavy field)."""
@@ -360,8 +253,8 @@ def check_stationary(loss: _Loss, cases, seed, n_points: int, n_samples: int, pr
         x, r, t = _points(mixture, seed + 31 * ci, n_points, r0) if points is None else points
         model = identities.ExactModel(mixture)
         worst = {}
-        for name, h in (directions or _directions(mixture.d, seed + 17 * ci)).items():
-            _progress(progress, f"stationary_at_exact_u: {label}, direction {name}")
+        for name, h in (directions or smooth_directions(mixture.d, seed + 17 * ci)).items():
+            progress(progress_, f"stationary_at_exact_u: {label}, direction {name}")
             if exact:
                 g, scale = identities.population_gradient_with_scale(
                     loss.objective, mixture, h, x, r, t, exact_model=model, **options)
@@ -371,7 +264,7 @@ def check_stationary(loss: _Loss, cases, seed, n_points: int, n_samples: int, pr
                 mean, se = identities.population_gradient_mc(
                     loss.objective, mixture, h, x, r, t, n_samples=n_samples, generator=gen, **options)
                 size = identities.sensitivity(loss.objective, mixture, h, x, r, t, exact_model=model, **options)
-                worst[name] = _mc_z(mean, se, size, rtol).max().item()
+                worst[name] = floored_z(mean, se, size, rtol).max().item()
         per_case[label] = {f"max_{k}": v for k, v in worst.items()}
         stats += list(worst.values())
     value = max(stats)
@@ -388,7 +281,7 @@ def check_stationary(loss: _Loss, cases, seed, n_points: int, n_samples: int, pr
                        details={"route": "exact" if exact else "monte_carlo", "per_case": per_case})
 
 
-def check_weighting(loss: _Loss, seed, n_samples: int, progress, rtol: float = STATIONARY_RTOL) -> CheckResult:
+def check_weighting(loss: _Loss, seed, n_samples: int, progress_, rtol: float = STATIONARY_RTOL) -> CheckResult:
     options = {**loss.options, "p": 1.0, **({"c": 1e-2} if "c" in loss.options else {})}
     r0 = loss.objective.trained_at_r0
     cases = {"gauss2d_aniso": "single Gaussian", "ring8": "mixture"}
@@ -396,19 +289,19 @@ def check_weighting(loss: _Loss, seed, n_samples: int, progress, rtol: float = S
     z = bonferroni_z(m)
     moved, per_case = {}, {}
     for ci, case in enumerate(cases):
-        _progress(progress, f"weighting_moves_fixed_point: {case}")
+        progress(progress_, f"weighting_moves_fixed_point: {case}")
         mixture = get_case(case)
         t = torch.tensor([0.8, 0.4], dtype=torch.float64)
         r = torch.zeros(2, dtype=torch.float64) if r0 else torch.tensor([0.0, 0.1], dtype=torch.float64)
         g = torch.Generator().manual_seed(seed + 3 + ci)
         x = (1 - t[:, None]) * mixture.sample(2, generator=g) + t[:, None] * torch.randn(2, mixture.d, generator=g,
                                                                                         dtype=torch.float64)
-        h = _directions(mixture.d, seed + 50 + ci)["wavy"]
+        h = smooth_directions(mixture.d, seed + 50 + ci)["wavy"]
         mean, se = identities.population_gradient_mc(
             loss.objective, mixture, h, x, r, t, n_samples=n_samples,
             generator=torch.Generator().manual_seed(seed + 77 + ci), **options)
         size = identities.sensitivity(loss.objective, mixture, h, x, r, t, **options)
-        stat = _mc_z(mean, se, size, rtol).max().item()
+        stat = floored_z(mean, se, size, rtol).max().item()
         moved[cases[case]] = stat > z
         per_case[case] = {"max_z": stat, "moved": stat > z}
     passed = moved["mixture"] and not moved["single Gaussian"]
@@ -439,9 +332,15 @@ def check_scm_relation(loss: _Loss, batches, seed, rtol: float = EQUAL_RTOL) -> 
     return CheckResult("scm_relation", passed, residual, rule, details={"factor": k})
 
 
-def _progress(enabled, message):
-    if enabled:
-        print(f"  ... {message}", file=sys.stderr, flush=True)
+# ------------------------------------------------------------------ the battery
+
+
+WEIGHTING_RULE = ("weighting: reduces_to_fm and stationary_at_exact_u run at p = 0 (MATH.md §4: weighting moves the "
+                  "fixed point); equivalent_to_reference runs the loss with its options and gives the reference the "
+                  "loss's p and c unless reference options set them; weighting_moves_fixed_point sets p = 1")
+
+
+MAX_D = 256  # the largest case the per-sample battery takes (its exact route is O(d^2) memory per point)
 
 
 # ------------------------------------------------------------------ the battery
@@ -453,6 +352,70 @@ WEIGHTING_RULE = ("weighting: reduces_to_fm and stationary_at_exact_u run at p =
 
 
 MAX_D = 256  # the largest case the per-sample battery takes (its exact route is O(d^2) memory per point)
+
+
+@dataclass
+class PerSample:
+    """What a per-sample check is run on: the loss (``subject``, a ``_Loss``), the reference (or
+    None), random networks with batches (``batches``), the stationarity cases, and the settings."""
+
+    subject: _Loss
+    reference: _Loss | None
+    batches: list
+    cases: tuple
+    seed: int
+    n_points: int
+    n_samples: int
+    weighting_samples: int
+    weighting: bool
+    progress: bool
+    equal_rtol: float
+    stationary_rtol: float
+    notes: list = field(default_factory=list)
+
+
+@_checks.register("reduces_to_fm", batteries=("per_sample",))
+def _reduces_to_fm(ctx: PerSample):
+    """At r = t the loss's values and gradient are fm's up to one positive factor."""
+    if ctx.subject.objective.trained_at_r0:
+        ctx.notes.append("reduces_to_fm not run: the loss is trained at r = 0 only (its r = t rows are not flow "
+                         "matching); scm_relation checks it instead")
+        return None
+    return check_reduces_to_fm(ctx.subject, ctx.batches, ctx.seed, ctx.equal_rtol)
+
+
+@_checks.register("equivalent_to_reference", batteries=("per_sample",))
+def _equivalent_to_reference(ctx: PerSample):
+    """With a reference: values and gradient equal the reference's up to one positive factor."""
+    if ctx.reference is None:
+        return None
+    return check_equivalent(ctx.subject, ctx.reference, ctx.batches, ctx.seed, ctx.equal_rtol)
+
+
+@_checks.register("stationary_at_exact_u", batteries=("per_sample",))
+def _stationary_at_exact_u(ctx: PerSample):
+    """The population derivative at the exact u* is zero along smooth directions."""
+    return check_stationary(ctx.subject, ctx.cases, ctx.seed, ctx.n_points, ctx.n_samples, ctx.progress,
+                            rtol=ctx.stationary_rtol)
+
+
+@_checks.register("weighting_moves_fixed_point", batteries=("per_sample",), counts=False)
+def _weighting_moves_fixed_point(ctx: PerSample):
+    """Informational: adaptive weighting (p = 1) moves the fixed point on a mixture, not on a Gaussian."""
+    if "p" not in ctx.subject.options:
+        return None
+    if not ctx.weighting:
+        ctx.notes.append("weighting_moves_fixed_point not run (weighting=False)")
+        return None
+    return check_weighting(ctx.subject, ctx.seed, ctx.weighting_samples, ctx.progress, ctx.stationary_rtol)
+
+
+@_checks.register("scm_relation", batteries=("per_sample",))
+def _scm_relation(ctx: PerSample):
+    """Losses trained at r = 0 only: the gradient is (t/2) times mf's."""
+    if not ctx.subject.objective.trained_at_r0:
+        return None
+    return check_scm_relation(ctx.subject, ctx.batches, ctx.seed, ctx.equal_rtol)
 
 
 def run(loss, reference=None, cases=None, options=None, seed: int = 0, network: str = "mlp",
@@ -470,20 +433,13 @@ def run(loss, reference=None, cases=None, options=None, seed: int = 0, network: 
     follows one rule, ``WEIGHTING_RULE``.
     """
     start = time.perf_counter()
-    if isinstance(cases, str):
-        raise TypeError(f"cases must be a list of case names, got the string {cases!r} (write cases=[{cases!r}])")
-    for name, value in (("seed", seed), ("n_points", n_points), ("n_samples", n_samples),
-                        ("weighting_samples", weighting_samples)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-        if name != "seed" and value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value}")
+    cases = check_cases(cases)
+    check_int("seed", seed)
+    for name, value in (("n_points", n_points), ("n_samples", n_samples), ("weighting_samples", weighting_samples)):
+        check_int(name, value, 1)
     check_rtol(rtol)
     if reference_options and reference is None:
         raise ValueError("reference_options given without a reference")
-    cases = tuple(DEFAULT_CASES if cases is None else cases)
-    if not cases:
-        raise ValueError("cases must name at least one case")
     for case in cases:
         d = get_case(case).d  # an unknown case fails before any work
         if d > MAX_D:
@@ -502,37 +458,20 @@ def run(loss, reference=None, cases=None, options=None, seed: int = 0, network: 
     heads = max(subject.objective.heads, ref.objective.heads if ref is not None else 1)
     # an oracle's truth lives in its case's dimension: its random batches use that one
     dims = (get_case(cases[0]).d,) if subject.objective.needs_truth else (1, 2, 3)
-    batches = _networks(seed, network, dims=dims, heads=heads)
     eq_rtol, st_rtol = (EQUAL_RTOL, STATIONARY_RTOL) if rtol is None else (rtol, rtol)
-    checks, notes = {}, []
-    obj = subject.objective
-    if obj.trained_at_r0:
-        notes.append("reduces_to_fm not run: the loss is trained at r = 0 only (its r = t rows are not flow "
-                     "matching); scm_relation checks it instead")
-    else:
-        checks["reduces_to_fm"] = check_reduces_to_fm(subject, batches, seed, eq_rtol)
-    if ref is not None:
-        checks["equivalent_to_reference"] = check_equivalent(subject, ref, batches, seed, eq_rtol)
-    checks["stationary_at_exact_u"] = check_stationary(subject, cases, seed, n_points, n_samples, progress,
-                                                       rtol=st_rtol)
-    if "p" in subject.options and weighting:
-        checks["weighting_moves_fixed_point"] = check_weighting(subject, seed, weighting_samples, progress, st_rtol)
-    elif "p" in subject.options:
-        notes.append("weighting_moves_fixed_point not run (weighting=False)")
-    if obj.trained_at_r0:
-        checks["scm_relation"] = check_scm_relation(subject, batches, seed, eq_rtol)
+    ctx = PerSample(subject, ref, _networks(seed, network, dims=dims, heads=heads), cases, seed, n_points, n_samples,
+                    weighting_samples, weighting, progress, eq_rtol, st_rtol)
+    results = {}
+    for check in _checks.for_battery("per_sample"):
+        result = check(ctx)
+        if result is not None:
+            result.counts = result.counts and check.counts
+            results[check.name] = result
+    notes = ctx.notes
     if "p" in subject.options or (ref is not None and "p" in ref.options):
         notes.append(WEIGHTING_RULE)
-    for c in checks.values():
+    for c in results.values():
         if c.details.get("factor_kind", "constant") != "constant":
             notes.append(f"{c.name}: the factor depends on the dimension ({c.details['factor_kind']}): "
                          + ", ".join(f"d = {d}: {k:.6g}" for d, k in c.details["factors_per_d"].items()))
-    return Report(subject.name, checks, notes, seconds=time.perf_counter() - start)
-
-
-def check_rtol(rtol) -> None:
-    """``rtol``: None (the defaults) or a float in (0, 1)."""
-    if rtol is None:
-        return
-    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1 or rtol != rtol:
-        raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
+    return Report(subject.name, results, notes, seconds=time.perf_counter() - start)

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from mfverify import objectives
-from mfverify.check.battery import DEFAULT_CASES, run
+from mfverify.check.battery import run
+from mfverify.check.report import DEFAULT_CASES
+from mfverify.registry import resolve_string
 
 def _parse_option(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
@@ -52,7 +54,7 @@ def _is_report(path: Path) -> bool:
 
 def _parser(prog: str = "mfverify check") -> argparse.ArgumentParser:
     from mfverify.check import as_written
-    from mfverify.check.exact_network import INPUTS
+    from mfverify.check.exact_core import INPUTS
 
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__.split("\n\n")[0],
@@ -104,7 +106,6 @@ def _parser(prog: str = "mfverify check") -> argparse.ArgumentParser:
 
 def _import(text: str):
     """``package.module:attr`` (the current folder importable, as with ``python -m``)."""
-    import importlib
     import os
 
     module, sep, attr = text.partition(":")
@@ -112,15 +113,7 @@ def _import(text: str):
         raise ValueError(f"--as-written takes MODULE:FN, got {text!r}")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    try:
-        obj = importlib.import_module(module)
-    except ImportError as err:
-        raise ValueError(f"--as-written {text}: cannot import {module!r} ({err})") from err
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"--as-written {text}: {module!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
+    return resolve_string(text, "--as-written")
 
 
 def _check_sampler_out(folder: Path, force: bool) -> None:

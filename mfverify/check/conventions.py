@@ -34,6 +34,8 @@ import functools
 
 import torch
 
+from mfverify.check.exact_core import convention
+
 __all__ = [
     "model_args_t_r",
     "model_inputs_t_h",
@@ -124,17 +126,13 @@ def batch_mean(loss):
 
 
 def as_model(net, inputs: str = "x,r,t"):
-    """A network called in another order as ``model(x, r, t)``.
+    """A network called in another convention as ``model(x, r, t)``.
 
-    ``inputs``: ``"x,r,t"`` (mfverify's), ``"x,t,r"``, ``"x,t,h"`` (``h = t - r``),
-    or ``"reversed"`` (``net(z, a, b)`` in the reversed clock of ``time_reversed``).
+    ``inputs``: one of ``exact_core.INPUTS``: ``"x,r,t"`` (mfverify's), ``"x,t,r"``, ``"x,t,h"``
+    (``h = t - r``), ``"reversed"`` (``net(z, a, b)`` in the reversed clock of ``time_reversed``) or
+    ``"reversed,t,h"`` (noise at 0, ``net(z, tau, h)``); the same table the exact model reads.
     """
-    forms = {
-        "x,r,t": lambda x, r, t: net(x, r, t),
-        "x,t,r": lambda x, r, t: net(x, t, r),
-        "x,t,h": lambda x, r, t: net(x, t, t - r),
-        "reversed": lambda x, r, t: -net(x, 1 - t, 1 - r),
-    }
-    if inputs not in forms:
-        raise ValueError(f"inputs must be one of {sorted(forms)}, got {inputs!r}")
-    return forms[inputs]
+    conv = convention(inputs)
+    if conv.reversed:  # noise at 0: the network's velocity is -u
+        return lambda x, r, t: -net(x, *conv.arguments(r, t))
+    return lambda x, r, t: net(x, *conv.arguments(r, t))

@@ -56,68 +56,11 @@ from __future__ import annotations
 
 import torch
 
-from mfverify.cases import LowRankMixture, get_case
-from mfverify.nets import build_network
-from mfverify.theory.identities import ExactModel
+from mfverify.cases import get_case
+from mfverify.check.exact_core import (GRID, INPUTS, LABEL_KEYWORDS, CallLog, ExactField, cell_bins, class_sign,
+                                       convention, smooth_directions, stand_in, triangle_cells)
 
 __all__ = ["ExactNetwork", "CallLog", "INPUTS", "GRID", "smooth_directions"]
-
-INPUTS = ("x,r,t", "x,t,r", "x,t,h", "reversed", "reversed,t,h")
-GRID = 8  # cells per unit of r and of t
-LABEL_KEYWORDS = ("labels", "y", "class_labels")
-
-
-def smooth_directions(d: int, seed: int) -> dict:
-    """Smooth directions h(x, r, t): a small random network, and ``sin(W x + b t + c r + e)``
-    with a Jacobian of order 1.5 (the effects of J_x h stand out of Monte Carlo noise)."""
-    torch.manual_seed(seed)
-    net = build_network("mlp", d, {"width": 16, "depth": 2}, dtype=torch.float64).double()
-    g = torch.Generator().manual_seed(seed + 1)
-    W = 1.5 * torch.randn(d, d, generator=g, dtype=torch.float64)
-    b, c, e = (torch.randn(d, generator=g, dtype=torch.float64) for _ in range(3))
-
-    def wavy(x, r, t):
-        return torch.sin(x @ W.T + t[:, None] * b + r[:, None] * c + e)
-
-    wavy.numbers = (W, b, c, e)  # for the JAX exact model (mfverify.jax), which writes the same direction
-    return {"network": net, "wavy": wavy}
-
-
-class CallLog:
-    """The ``(r, t)`` of every call of an ``ExactNetwork`` (float64, mfverify's clock)."""
-
-    def __init__(self):
-        self.r: list[torch.Tensor] = []
-        self.t: list[torch.Tensor] = []
-
-    def add(self, r: torch.Tensor, t: torch.Tensor) -> None:
-        self.r.append(_value(r))
-        self.t.append(_value(t))
-
-    def extend(self, other: "CallLog") -> None:
-        self.r += other.r
-        self.t += other.t
-
-    def times(self) -> tuple[torch.Tensor, torch.Tensor]:
-        empty = torch.zeros(0, dtype=torch.float64)
-        return (torch.cat(self.r) if self.r else empty), (torch.cat(self.t) if self.t else empty)
-
-    def summary(self, grid: int = GRID) -> dict:
-        """Rows over all calls: ``calls``, ``fraction_outside_unit_interval`` (r or t outside
-        [0, 1]), ``fraction_r_gt_t``, ``fraction_diagonal`` (r = t exactly), the extremes, and
-        the calls per cell of the triangle (``cells``: ``{(i, j): count}``)."""
-        r, t = self.times()
-        n = int(r.numel())
-        outside = (r < 0) | (r > 1) | (t < 0) | (t > 1)
-        frac = lambda m: float(m.sum()) / n if n else 0.0  # noqa: E731
-        inside = ~outside & (r <= t)
-        i, j = _bins(r[inside], grid), _bins(t[inside], grid)
-        cells: dict = {}
-        for a, b in zip(i.tolist(), j.tolist()):
-            cells[(a, b)] = cells.get((a, b), 0) + 1
-        return {"calls": n, "fraction_outside_unit_interval": frac(outside), "fraction_r_gt_t": frac(r > t),
-                "fraction_diagonal": frac(r == t), "min_time": float(torch.minimum(r, t).min()) if n else None,
-                "max_time": float(torch.maximum(r, t).max()) if n else None, "cells": cells}
 
 
 class _Exact(torch.autograd.Function):
@@ -198,42 +141,20 @@ class _ExactAlong(torch.autograd.Function):
 
 
 class _Along:
-    """The exact field of an ``ExactNetwork`` call, its rows' labels bound: values, one tangent, all
-    derivatives (``_ExactAlong``)."""
+    """The exact field of one call, its rows' labels bound: values, one tangent, all derivatives
+    (``_ExactAlong``)."""
 
-    def __init__(self, net, labels):
-        self.net, self.labels = net, labels
+    def __init__(self, field: ExactField, labels):
+        self.field, self.labels = field, labels
 
     def value(self, x, r, t):
-        from mfverify import truth
-
-        route = self.net.route
-        return self.net._per_label(self.labels, lambda m, *a: truth.average_velocity(m.mixture, *a, **route), x, r, t)
+        return self.field.values(x, r, t, self.labels)
 
     def along(self, x, r, t, dx, dr, dt):
-        from mfverify import truth
-
-        route = self.net.route
-        return self.net._per_label(self.labels, lambda m, *a: truth.average_velocity_jvp(m.mixture, *a, **route)[1],
-                                   x, r, t, dx.double(), dr.double(), dt.double())
+        return self.field.along(x, r, t, dx, dr, dt, self.labels)
 
     def derivatives(self, x, r, t):
-        return self.net._derivatives(x, r, t, self.labels)
-
-
-def _value(a: torch.Tensor) -> torch.Tensor:
-    """The plain float64 values of ``a``, to keep: inside ``torch.func`` transforms a tensor is a
-    wrapper of its level, meaningless once the transform returns, so it is unwrapped first."""
-    from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor
-
-    a = a.detach()
-    while is_functorch_wrapped_tensor(a):
-        a = get_unwrapped(a)
-    return a.detach().double().cpu().clone()
-
-
-def _bins(a: torch.Tensor, grid: int) -> torch.Tensor:
-    return (a * grid).floor().clamp(0, grid - 1).long()
+        return self.field.derivatives(x, r, t, self.labels)
 
 
 def _times(value, n: int, name: str) -> torch.Tensor:
@@ -256,21 +177,21 @@ class ExactNetwork(torch.nn.Module):
 
     ``case``: a name or a mixture; ``directions``: ``{name: h(x, r, t)}`` replacing the
     smooth ones (default ``smooth_directions(d, seed)``); ``inputs``: the call's
-    convention; ``grid``: cells per unit time. ``calls`` records every call."""
+    convention; ``grid``: cells per unit time. ``calls`` records every call; ``field``
+    is the ``ExactField`` that answers; ``n_classes`` the number of classes of a labelled
+    case (0 otherwise; its null label)."""
 
     def __init__(self, case, directions=None, inputs: str = "x,r,t", grid: int = GRID, seed: int = 0, **route):
         super().__init__()
-        if inputs not in INPUTS:
-            raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+        self.convention = convention(inputs)
         if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
             raise ValueError(f"grid must be an int >= 2, got {grid!r}")
         self.mixture = get_case(case) if isinstance(case, str) else case
+        self.field = ExactField(self.mixture, **route)
         self.d, self.inputs, self.grid, self.route = self.mixture.d, inputs, grid, route
-        # at image scale (a low-rank case) derivatives are solved along the tangents a loss asks for
-        self._lazy = isinstance(self.mixture, LowRankMixture)
+        self.n_classes = self.field.n_classes
         smooth = smooth_directions(self.d, seed) if directions is None else dict(directions)
-        self._labelled = getattr(self.mixture, "labels", None) is not None
-        if self._labelled and directions is None:
+        if self.field.labelled and directions is None:
             # a direction that differs between classes: a loss that trains the class fields must be
             # stationary along it too (the label-blind ones cannot tell a class field from the mixture's)
             smooth["wavy by class"] = smooth["wavy"]
@@ -281,7 +202,7 @@ class ExactNetwork(torch.nn.Module):
                 for p in h.parameters():
                     p.requires_grad_(False)
                 self.add_module(f"_direction{i}", h)
-        self.cells = [(i, j) for j in range(grid) for i in range(j + 1)]
+        self.cells = triangle_cells(grid)
         self.direction_names = (list(smooth) + [f"cell {i},{j}" for i, j in self.cells] + ["diagonal"])
         J = len(self.direction_names)
         self.eps = torch.nn.Parameter(torch.zeros(J, dtype=torch.float64))
@@ -290,7 +211,6 @@ class ExactNetwork(torch.nn.Module):
         for k, (i, j) in enumerate(self.cells):
             self._cell_index[i, j] = k
         self._unit = torch.ones(self.d, dtype=torch.float64) / self.d**0.5
-        self._exact: dict = {}
         self.calls = CallLog()
 
     @property
@@ -300,29 +220,14 @@ class ExactNetwork(torch.nn.Module):
     # ---------------------------------------------------------------- the call
 
     def forward(self, x, a, b, **kwargs):
-        r, t, sign = self._convert(x, a, b)
+        n = x.shape[0]
+        r, t, sign = self.convention.times(_times(a, n, "second argument"), _times(b, n, "third argument"))
         return self._answer(x, r, t, sign, kwargs)
 
     def velocity(self, x, a, **kwargs):
         """The second head ``v(x, t) = u(x, t, t)`` (``a``: the time in the call's clock)."""
-        n = x.shape[0]
-        s = _times(a, n, "t")
-        reversed_clock = self.inputs.startswith("reversed")
-        t = 1 - s if reversed_clock else s
-        return self._answer(x, t, t, -1.0 if reversed_clock else 1.0, kwargs)
-
-    def _convert(self, x, a, b):
-        n = x.shape[0]
-        a, b = _times(a, n, "second argument"), _times(b, n, "third argument")
-        if self.inputs == "x,r,t":
-            return a, b, 1.0
-        if self.inputs == "x,t,r":
-            return b, a, 1.0
-        if self.inputs == "x,t,h":
-            return a - b, a, 1.0
-        if self.inputs == "reversed,t,h":
-            return 1 - a - b, 1 - a, -1.0  # net(z, tau, h) = -u(z, 1 - tau - h, 1 - tau)
-        return 1 - b, 1 - a, -1.0  # reversed: net(z, a, b) = -u(z, 1 - b, 1 - a)
+        t, sign = self.convention.velocity_time(_times(a, x.shape[0], "t"))
+        return self._answer(x, t, t, sign, kwargs)
 
     def _answer(self, x, r, t, sign, kwargs):
         labels = self._labels(kwargs, x.shape[0])
@@ -335,13 +240,11 @@ class ExactNetwork(torch.nn.Module):
                              f"({flat.shape[1]} values per row)")
         self.calls.add(r, t)
         rd, td = r.detach().double(), t.detach().double()
-        # the stand-in: times clamped into [0, 1], r lowered to t (the value and derivatives there)
-        t_in = t.double().clamp(0.0, 1.0)
-        r_in = torch.minimum(r.double().clamp(0.0, 1.0), t_in)
-        if self._lazy:
-            u = _ExactAlong.apply(flat.double(), r_in, t_in, _Along(self, labels))
+        r_in, t_in = stand_in(r.double(), t.double())
+        if self.field.lazy:
+            u = _ExactAlong.apply(flat.double(), r_in, t_in, _Along(self.field, labels))
         else:
-            u = _Exact.apply(flat.double(), r_in, t_in, lambda a, b, c: self._derivatives(a, b, c, labels))[0]
+            u = _Exact.apply(flat.double(), r_in, t_in, lambda a, b, c: self.field.derivatives(a, b, c, labels))[0]
         u = u + self._perturbation(flat, r, t, rd, td, labels)
         u = u.to(x.dtype)
         return (sign * u).reshape(shape)
@@ -354,15 +257,14 @@ class ExactNetwork(torch.nn.Module):
             if self._by_class[k]:  # (-1)^label on the classes, 0 on the null label or without labels
                 if labels is None:
                     continue
-                K = self.mixture.n_classes
-                sign = torch.where((labels >= 0) & (labels < K), 1.0 - 2.0 * (labels % 2), 0.0).double()
+                sign = class_sign(labels, self.n_classes).double()
                 out = out + coeff[k] * sign[:, None] * h(x64, r64, t64)
                 continue
             out = out + coeff[k] * h(x64, r64, t64)
         S = self.n_smooth
         inside = (rd >= 0) & (td <= 1) & (rd <= td)
         diag = inside & (rd == td)
-        cell = self._cell_index[_bins(rd, self.grid), _bins(td, self.grid)]
+        cell = self._cell_index[cell_bins(rd, self.grid).long(), cell_bins(td, self.grid).long()]
         off = inside & ~diag & (cell >= 0)
         weight = torch.where(off, coeff[S:-1][cell.clamp_min(0)], torch.zeros_like(rd))
         weight = weight + torch.where(diag, coeff[-1].expand_as(rd), torch.zeros_like(rd))
@@ -374,41 +276,4 @@ class ExactNetwork(torch.nn.Module):
             raise TypeError(f"the exact model takes x, two times and optionally labels ({', '.join(LABEL_KEYWORDS)}"
                             f"=...); got the keyword(s) {', '.join(sorted(extra))}")
         given = [kwargs[k] for k in LABEL_KEYWORDS if kwargs.get(k) is not None]
-        if not given:
-            return None
-        if getattr(self.mixture, "labels", None) is None:
-            raise ValueError(f"labels given to the exact model of an unlabelled case ({self.mixture!r})")
-        labels = torch.as_tensor(given[0]).reshape(-1).long().cpu()
-        if labels.numel() == 1:
-            labels = labels.expand(n)
-        if labels.numel() != n:
-            raise ValueError(f"labels has {labels.numel()} entries for a batch of {n}")
-        return labels
-
-    def _model(self, label):
-        if label not in self._exact:
-            mixture = self.mixture if label is None else self.mixture.class_mixture(label)
-            self._exact[label] = ExactModel(mixture, **self.route)
-        return self._exact[label]
-
-    def _derivatives(self, x, r, t, labels):
-        return self._per_label(labels, lambda model, *a: model._derivatives(*a), x, r, t)
-
-    def _per_label(self, labels, fn, x, *rest):
-        """``fn(exact model, x, *rest)`` (a tensor or a tuple of them) on each label's rows, the class's
-        own model for a class label and the mixture's for the null label (or no labels)."""
-        if labels is None:
-            return fn(self._model(None), x, *rest)
-        K = self.mixture.n_classes
-        keys = torch.where((labels >= 0) & (labels < K), labels, torch.full_like(labels, -1))
-        parts, single = None, False
-        for key in keys.unique().tolist():
-            rows = (keys == key).nonzero().flatten()
-            got = fn(self._model(None if key < 0 else int(key)), x[rows], *(a[rows] for a in rest))
-            if isinstance(got, torch.Tensor):
-                got, single = (got,), True
-            if parts is None:
-                parts = [torch.zeros((x.shape[0],) + tuple(g.shape[1:]), dtype=g.dtype) for g in got]
-            for p, g in zip(parts, got):
-                p[rows] = g
-        return parts[0] if single else tuple(parts)
+        return self.field.labels_of(given[0] if given else None, n)

@@ -24,7 +24,9 @@ import torch
 from hypothesis import strategies as st
 
 from mfverify.cases import GaussianMixture, LowRankMixture, ProductMixture
+from mfverify import path
 from mfverify.check import battery as _check
+from mfverify.check.report import fmt
 from mfverify.nets import MeanFlowMLP
 
 __all__ = [
@@ -99,10 +101,7 @@ def times(draw, n: int, t_min: float = 0.02, r_min: float = 0.0, min_gap: float 
 
 def points_on_path(mixture, t: torch.Tensor, seed: int) -> torch.Tensor:
     """``x_t = (1-t) x0 + t x1`` for the given times: typical points of ``p_t``."""
-    g = torch.Generator().manual_seed(seed)
-    x0 = mixture.sample(t.shape[0], generator=g)
-    x1 = torch.randn(t.shape[0], mixture.d, generator=g, dtype=torch.float64)
-    return (1 - t[:, None]) * x0 + t[:, None] * x1
+    return path.sample(mixture, t, torch.Generator().manual_seed(seed))
 
 
 @st.composite
@@ -148,8 +147,8 @@ def _batch(model, x0, x1, r, t, seed):
 
 
 def _fail(result, what):
-    details = ", ".join(f"{k} = {_check._fmt(v)}" for k, v in result.details.items())
-    raise AssertionError(f"{what}: {result.name} failed: value {_check._fmt(result.value)} against the rule "
+    details = ", ".join(f"{k} = {fmt(v)}" for k, v in result.details.items())
+    raise AssertionError(f"{what}: {result.name} failed: value {fmt(result.value)} against the rule "
                          f"[{result.rule}]; {details}")
 
 

@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from mfverify import path
 from mfverify.jvp import BACKENDS, DEFAULT_BACKEND
 from mfverify.registry import Registry
 
@@ -347,8 +348,7 @@ def _on_path(inner):
     """``loss(model, x0, x1, r, t, jvp, **options)`` from ``inner(model, x_t, v_c, r, t, backend, **options)``."""
 
     def loss(model, x0, x1, r, t, jvp=DEFAULT_BACKEND, **options):
-        x_t = (1 - _col(t)) * x0 + _col(t) * x1
-        return inner(model, x_t, x1 - x0, r, t, jvp, **options)
+        return inner(model, path.x_t(x0, x1, _col(t)), path.v_c(x0, x1), r, t, jvp, **options)
 
     loss.__name__, loss.__doc__ = inner.__name__, inner.__doc__
     return loss

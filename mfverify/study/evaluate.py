@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from mfverify import objectives, truth
+from mfverify.path import sample as sample_x_t
 from mfverify.cases import get_case
 from mfverify.io import save_torch
 from mfverify.metrics import field_error, sample_metrics
@@ -115,8 +116,7 @@ def evaluate(study: Study, truth_blob: dict, case: str, objective: str, seed: in
     if r0_only:
         r = torch.zeros_like(t)
     t = t.clamp_min(1e-3)
-    x0 = mixture.sample(k, generator=g)
-    xt = (1 - t[:, None]) * x0 + t[:, None] * torch.randn(k, mixture.d, generator=g, dtype=torch.float64)
+    xt = sample_x_t(mixture, t, g)
     rows += metric_rows(name, case, objective, seed, 0, {"field_error": field_error(field_u, mixture, xt, r, t)})
     return rows, samples, field_grid_errors(field_u, truth_blob["grid"], r0_only)
 

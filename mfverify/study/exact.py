@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from mfverify import objectives, truth
+from mfverify.path import sample as sample_x_t
 from mfverify.cases import get_case
 from mfverify.io import save_torch
 from mfverify.study.config import Study
@@ -78,8 +79,7 @@ def prepare_field_grid(study: Study, out: Path, case_index: int, case: str) -> N
     g = torch.Generator().manual_seed(study.eval.noise_seed + 2000 + case_index)
     r = nodes[:, 0].repeat_interleave(k)
     t = nodes[:, 1].repeat_interleave(k)
-    x0 = mixture.sample(len(t), generator=g)
-    xt = (1 - t[:, None]) * x0 + t[:, None] * torch.randn(len(t), mixture.d, generator=g, dtype=torch.float64)
+    xt = sample_x_t(mixture, t, g)
     u = truth.average_velocity(mixture, xt, r, t)
     save_torch(path, {"r": r, "t": t, "x": xt, "u": u, "samples": k})
 

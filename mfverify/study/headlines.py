@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from mfverify.path import sample as sample_x_t
 from mfverify.io import write_text
 
 COLUMNS = ["claim", "statement", "source", "case", "metric", "value", "rule", "verdict"]
@@ -127,9 +128,7 @@ def _training_points(case: str, n: int, seed: int = 0):
     mixture = get_case(case)
     g = torch.Generator().manual_seed(seed)
     r, t = sample_times(n, "logit_normal", -0.4, 1.0, 0.0, g, dtype=torch.float64)
-    x0 = mixture.sample(n, generator=g)
-    x = (1 - t[:, None]) * x0 + t[:, None] * torch.randn(n, mixture.d, generator=g, dtype=torch.float64)
-    return mixture, x, r, t
+    return mixture, sample_x_t(mixture, t, g), r, t
 
 
 def _trained_diagonal(res: Results, case: str, method: str, x, t):

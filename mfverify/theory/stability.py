@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from mfverify import objectives
+from mfverify.path import sample as sample_x_t
 from mfverify.theory import identities
 
 __all__ = ["FourierDirections", "NetworkDirections", "pseudo_gradient_matrix", "eigen_summary", "training_points",
@@ -141,9 +142,7 @@ def training_points(mixture, n: int, kind: str = "logit_normal", mean: float = -
     r, t = sample_times(n, kind, mean, std, frac_r_eq_t, g, dtype=torch.float64)
     t = t.clamp_min(1e-3)
     r = torch.minimum(r, t)
-    x0 = mixture.sample(n, generator=g)
-    x = (1 - t[:, None]) * x0 + t[:, None] * torch.randn(n, mixture.d, generator=g, dtype=torch.float64)
-    return x, r, t
+    return sample_x_t(mixture, t, g), r, t
 
 
 class _Replicated(identities.ExactModel):

@@ -16,6 +16,8 @@ from mfverify.truth.compiled.numba_setup import (_A, _B, _BLOCK, _C, _E3, _E5, _
 if numba is not None:
     from numba import literally, njit, prange
 
+    from mfverify.truth.compiled.controller import error_norm, step_factor
+
     @njit(cache=True, nogil=True, error_model="numpy", inline="always")
     def _rhs(s, z, x, r, t, KT, MK, QQ, layout, logdet_mode, S, oy, out, row, D):
         """dz/ds = v(x - (t - r) z, t - s (t - r)) into ``out[row]`` (y goes to ``S[oy:oy + D]``)."""
@@ -32,7 +34,6 @@ if numba is not None:
         Rows are indexed, never sliced (a slice costs reference counting).
         Returns (status, accepted, rejected, f evaluations)."""
         A, B, C, E3, E5 = tab
-        beta, safety, fac_min, fac_max = ctrl
         # unpacked once per point: unpacking arrays from a tuple costs reference counting
         KT, MK, QQ, layout, logdet_mode = args
         d = D
@@ -131,19 +132,8 @@ if numba is not None:
                 sc = atol + rtol * max(abs(y[i]), abs(ynew[i]))
                 e5 += (ytmp[i] / sc) ** 2
                 e3 += (ybuf[i] / sc) ** 2
-            denom = (e5 + 0.01 * e3) * d
-            err = h * e5 / math.sqrt(max(denom, 1e-300)) if denom > 0 else 0.0
-            finite = math.isfinite(err)
-            ok = finite and err <= 1.0
-            if err == 0.0:
-                factor = fac_max
-            elif not finite:
-                factor = fac_min
-            else:
-                pi = max(err, 1e-300) ** (-1.0 / 8.0 + 0.2 * beta) * err_old**beta
-                factor = min(max(safety * pi, fac_min), fac_max)
-            if not ok:
-                factor = min(factor, 1.0)
+            err = error_norm(h, e5, e3, d)
+            factor, ok = step_factor(err, err_old, ctrl)
             steps += 1
             if ok:
                 accepted += 1

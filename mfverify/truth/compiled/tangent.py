@@ -67,6 +67,8 @@ def applies(mixture, x) -> bool:
 if numba is not None:
     from numba import njit, prange
 
+    from mfverify.truth.compiled.controller import error_norm, step_factor
+
     _SKIP = setup._SKIP_LOGIT
     _BLAS_FROM = 8  # from this dimension on the d^3 part goes through BLAS (below, loops are faster)
 
@@ -394,7 +396,6 @@ if numba is not None:
     def _solve_point(x, r, t, dx, dr, dt, h_max, rtol, atol, max_steps, ctrl, args, tab, scr, k_st, y, ynew, ytmp,
                      e5v, e3v):
         A, B, C, E3, E5 = tab
-        beta, safety, fac_min, fac_max = ctrl
         m = dx.shape[0]
         q = y.shape[0]
         n_stages = B.shape[0]
@@ -471,19 +472,8 @@ if numba is not None:
                 sc = atol + rtol * max(abs(y[i]), abs(ynew[i]))
                 e5 += (e5v[i] / sc) ** 2
                 e3 += (e3v[i] / sc) ** 2
-            denom = (e5 + 0.01 * e3) * q
-            err = h * e5 / math.sqrt(max(denom, 1e-300)) if denom > 0 else 0.0
-            finite = math.isfinite(err)
-            ok = finite and err <= 1.0
-            if err == 0.0:
-                factor = fac_max
-            elif not finite:
-                factor = fac_min
-            else:
-                pi = max(err, 1e-300) ** (-1.0 / 8.0 + 0.2 * beta) * err_old**beta
-                factor = min(max(safety * pi, fac_min), fac_max)
-            if not ok:
-                factor = min(factor, 1.0)
+            err = error_norm(h, e5, e3, q)
+            factor, ok = step_factor(err, err_old, ctrl)
             steps += 1
             if ok:
                 accepted += 1

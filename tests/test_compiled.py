@@ -129,6 +129,7 @@ def test_results_do_not_depend_on_the_number_of_threads():
     assert torch.equal(one, two)
 
 
+@pytest.mark.slow  # spawns processes
 @pytest.mark.parametrize("slp", [True, False])
 def test_a_fresh_compile_gives_the_same_bits_as_this_process(slp, tmp_path):
     """No fast-math: a kernel compiled from scratch (numba's cache off) and the one this
