@@ -21,7 +21,7 @@ def logit_normal_times(n, dtype, mean=-0.4, std=1.0, share=0.25):
     return torch.where(keep, r, t), t
 
 
-def _meanflow(model, x0, tangent_t=1.0, stop_gradient=True, clip=None, backend="func", reduction=None):
+def _meanflow(model, x0, tangent_t=1.0, stop_gradient=True, clip=None, backend="func", reduction=None, factor=1.0):
     n = x0.shape[0]
     r, t = logit_normal_times(n, x0.dtype)
     e = torch.randn_like(x0)
@@ -36,7 +36,7 @@ def _meanflow(model, x0, tangent_t=1.0, stop_gradient=True, clip=None, backend="
         with fwAD.dual_level():
             out = model(*(fwAD.make_dual(a, b) for a, b in zip((z, r, t), tangents)))
             u, dudt = fwAD.unpack_dual(out)
-    target = v - (t - r)[:, None] * dudt
+    target = v - factor * (t - r)[:, None] * dudt
     if clip is not None:
         target = target.clamp(-clip, clip)
     if stop_gradient:
@@ -94,6 +94,17 @@ def wrong_tangent(model, x0):
 def no_stop_gradient(model, x0):
     """The target not detached."""
     return _meanflow(model, x0, stop_gradient=False)
+
+
+def tangent_factor(model, x0):
+    """The target ``v - 0.95 (t - r) du/dt``: the tangent term scaled by 0.95 (5 % off)."""
+    return _meanflow(model, x0, factor=0.95)
+
+
+def quartic(model, x0):
+    """zhuyu-cs/MeanFlow's weighting at ``p = 0``: ``L^2 / sg(L^2 + c)^0`` with ``L = |u - target|^2``, a loss
+    in ``|Delta|^4`` whose minimiser is not the conditional mean."""
+    return _meanflow(model, x0, reduction=lambda u, target: (u - target).square().sum(1).square().mean())
 
 
 def meanflow_tiny(model, x0):

@@ -87,11 +87,14 @@ def test_a_diagonal_only_loss_fails_saying_it_never_leaves_the_diagonal():
     assert any("never leaves the diagonal" in n for n in report.notes)
 
 
-def test_too_few_batches_is_insufficient_not_a_pass():
+def test_too_few_batches_is_undecided_exit_three_never_a_pass_or_a_failure():
     report = _run(L.meanflow, ["ring8"], max_batches=8, min_batches=8)
     check = report.checks["stationary_as_written"]
-    assert not check.passed and check.details["insufficient"] == ["ring8"]
-    assert "insufficient evidence" in report.notes[0]
+    assert check.status == "insufficient" and check.details["insufficient"] == ["ring8"]
+    assert report.verdict == "undecided" and report.exit_status == 3 and not report.passed
+    # the note names the case, the resolution reached and the budget that would decide it
+    assert report.notes[0].startswith("undecided: the evidence on ring8") and "batches of 2048 would decide" in \
+        report.notes[0]
 
 
 def test_the_command_line_writes_the_json_and_the_sampler(tmp_path, capsys):
@@ -112,7 +115,7 @@ def test_the_command_line_writes_the_json_and_the_sampler(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("returns_vector", "shape"), ("returns_nan", "non-finite"), ("returns_detached", "without a gradient"),
+    ("returns_vector", "shape"), ("returns_nan", "non-finite"), ("returns_detached", "does not depend on the model's output"),
     ("returns_integer", "torch.int64"), ("raises", "raised RuntimeError: boom"),
     ("other_arguments", "must take (model, x0)")])
 def test_bad_losses_are_usage_errors(name, message, capsys):
@@ -149,7 +152,7 @@ def test_a_labelled_loss_gets_the_labels_and_the_class_fields():
     # labels in another row order than the data: the class fields are not its fixed point
     bad = _run(L.meanflow_labels_shuffled, [case])
     assert not bad.checks["stationary_as_written"].passed
-    assert bad.checks["stationary_as_written"].details["per_case"][repr(case)]["z_wavy by class"] > 5.5
+    assert bad.checks["stationary_as_written"].details["per_case"][repr(case)]["z_tamed class"] > 5.5
     # a labelled loss on an unlabelled case is refused before any work
     with pytest.raises(ValueError, match="labelled"):
         _run(L.meanflow_labelled, ["ring8"])

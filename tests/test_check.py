@@ -32,7 +32,9 @@ def test_builtin_objectives_get_the_verdicts_math_predicts(name):
     assert checks["stationary_at_exact_u"].details["route"] == "exact"
     # MATH.md §4: u* is stationary for every objective but mf_nosg
     assert checks["stationary_at_exact_u"].passed == (name != "mf_nosg")
-    assert report.passed == (name != "mf_nosg")
+    # fm is flow matching: it never trains r < t, which an average-velocity loss must
+    assert checks["trains_off_diagonal"].passed == (name != "fm")
+    assert report.passed == (name not in ("mf_nosg", "fm"))
 
 
 def test_weighting_moves_mf_fixed_point_on_a_mixture_not_on_a_gaussian():
@@ -226,17 +228,17 @@ def _in_place(model, x0, x1, r, t):
 def test_json_is_refused_before_any_work_where_it_cannot_be_written_or_would_replace_a_users_file(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("mine")
-    assert check.main(["fm", "--json", str(blocker / "report.json"), "--no-progress"]) == 2
-    assert "does not exist or is not a folder" in capsys.readouterr().err
-    assert check.main(["fm", "--json", str(blocker), "--no-progress"]) == 2
+    assert check.main(["mf", "--json", str(blocker / "report.json"), "--no-progress"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert check.main(["mf", "--json", str(blocker), "--no-progress"]) == 2
     assert "is not an earlier check report" in capsys.readouterr().err
     assert blocker.read_text() == "mine"
     report = tmp_path / "report.json"
-    assert check.main(["fm", "--cases", "gauss2d_aniso", "--json", str(report), "--no-progress"]) == 0
-    assert check.main(["fm", "--cases", "gauss2d_aniso", "--json", str(report), "--no-progress"]) == 0  # a report
+    assert check.main(["mf", "--cases", "gauss2d_aniso", "--json", str(report), "--no-progress"]) == 0
+    assert check.main(["mf", "--cases", "gauss2d_aniso", "--json", str(report), "--no-progress"]) == 0  # a report
     assert json.loads(report.read_text())["passed"] is True
-    assert check.main(["fm", "--cases", "gauss2d_aniso", "--json", str(blocker), "--force", "--no-progress"]) == 0
-    assert json.loads(blocker.read_text())["loss"] == "fm"
+    assert check.main(["mf", "--cases", "gauss2d_aniso", "--json", str(blocker), "--force", "--no-progress"]) == 0
+    assert json.loads(blocker.read_text())["loss"] == "mf"
 
 
 @pytest.mark.parametrize("kwargs, error, pattern", [
@@ -254,10 +256,10 @@ def test_run_refuses_bad_arguments_naming_them(kwargs, error, pattern):
 def test_console_script_and_module_entry(tmp_path):
     import subprocess
 
-    res = subprocess.run([sys.executable, "-m", "mfverify", "check", "fm", "--cases", "gauss2d_aniso",
+    res = subprocess.run([sys.executable, "-m", "mfverify", "check", "mf", "--cases", "gauss2d_aniso",
                           "--no-progress"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "check of fm: PASSED" in res.stdout
+    assert "check of mf: PASSED" in res.stdout
 
 
 @pytest.mark.slow  # spawns processes
@@ -315,7 +317,10 @@ def test_batch_mean_runs_through_every_check_on_both_routes():
     assert exact.passed and exact.checks["stationary_at_exact_u"].details["route"] == "exact"
     # batch_mean calls the loss once per row: the Monte Carlo route (a row per draw) is slow with it
     mc = check.run(objectives.Objective("mf_batch_mean_mc", wrapped), cases=["ring8"], n_samples=300, n_points=2)
-    assert mc.passed and mc.checks["stationary_at_exact_u"].details["route"] == "monte_carlo"
+    stationary = mc.checks["stationary_at_exact_u"]
+    assert stationary.details["route"] == "monte_carlo" and stationary.status != "fail"
+    # 300 draws per point: too few to rule out a move of half a direction, so undecided, never a pass
+    assert (stationary.status == "pass") == (stationary.details["detectable_move"] <= 0.5)
 
 
 @pytest.mark.parametrize("quadratic", [True, False])

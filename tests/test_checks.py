@@ -24,8 +24,8 @@ def outside_check():
 
 
 def test_a_check_registered_outside_the_package_runs_in_both_batteries(outside_check):
-    per_sample = check.run("fm", cases=["gauss2d_aniso"], weighting=False, n_points=2)
-    as_written = run_as_written(L.meanflow, cases=["bimodal1d"], max_batches=32)
+    per_sample = check.run("mf", cases=["gauss2d_aniso"], weighting=False, n_points=2)
+    as_written = run_as_written(L.meanflow, cases=["bimodal1d"])
     assert "rows_seen" in per_sample.checks and "rows_seen" in as_written.checks
     assert outside_check == ["PerSample", "Evidence"]
     assert per_sample.passed and as_written.passed
@@ -39,9 +39,9 @@ def test_a_failing_outside_check_decides_the_verdict_and_an_informational_one_do
 
     checks.register("always_fails", always_fails, batteries="per_sample")
     try:
-        assert check.run("fm", cases=["gauss2d_aniso"], weighting=False, n_points=2).verdict == "failed"
+        assert check.run("mf", cases=["gauss2d_aniso"], weighting=False, n_points=2).verdict == "failed"
         checks.register("always_fails", always_fails, batteries="per_sample", counts=False, replace=True)
-        report = check.run("fm", cases=["gauss2d_aniso"], weighting=False, n_points=2)
+        report = check.run("mf", cases=["gauss2d_aniso"], weighting=False, n_points=2)
         assert report.verdict == "passed" and not report.checks["always_fails"].counts
     finally:
         checks.unregister("always_fails")
@@ -49,8 +49,8 @@ def test_a_failing_outside_check_decides_the_verdict_and_an_informational_one_do
 
 def test_the_registry_lists_the_built_in_checks_of_each_battery_and_refuses_bad_ones():
     names = lambda b: [c.name for c in checks.for_battery(b)]  # noqa: E731
-    assert names("per_sample")[:5] == ["reduces_to_fm", "equivalent_to_reference", "stationary_at_exact_u",
-                                       "weighting_moves_fixed_point", "scm_relation"]
+    assert names("per_sample")[:6] == ["reduces_to_fm", "equivalent_to_reference", "stationary_at_exact_u",
+                                       "trains_off_diagonal", "weighting_moves_fixed_point", "scm_relation"]
     assert names("as_written")[:4] == ["stationary_as_written", "times_in_range", "trains_off_diagonal",
                                        "one_step_trained"]
     assert all(c.asks for c in checks.for_battery("as_written"))  # each says what it asks

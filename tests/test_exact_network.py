@@ -1,7 +1,6 @@
 """The exact model's core (``check/exact_core.py``) and its torch front (``check/exact_network.py``):
 the truth under every JVP, in every convention, shape and dtype, per label; the conventions
-table read both ways; the stand-in; the directions' numbers in another array library."""
-
+table read both ways; the stand-in; the tamed directions' first derivatives and the stretch."""
 
 import pytest
 import torch
@@ -11,10 +10,8 @@ from hypothesis import strategies as st
 from mfverify import truth
 from mfverify.cases import get_case
 from mfverify.check import conventions
-from mfverify.check.exact_core import (CONVENTIONS, INPUTS, ExactField, cell_bins, class_sign, smooth_directions,
-                                       stand_in, triangle_cells, wavy_numbers)
+from mfverify.check.exact_core import CONVENTIONS, INPUTS, ExactField, cell_bins, stand_in, triangle_cells
 from mfverify.check.exact_network import ExactNetwork
-from mfverify.nets.mlp import apply_numbers
 
 CASES = ("gauss2d_aniso", "bimodal1d", "ring8", "wide2d")
 # the exact model's values and derivatives are the truth's own (the same solve); the ODE
@@ -97,7 +94,8 @@ def test_the_exact_network_gradient_is_the_directional_derivative_and_calls_are_
     target = torch.randn(6, 2)
     (net(x, r, t) - target).square().sum().backward()
     u = truth.average_velocity(mixture, x, r, t)
-    h = net._smooth[1](x, r, t)  # the wavy direction
+    h = _direction(ExactNetwork(mixture), 1, x, r, t)  # tamed eulerian
+    assert net.direction_names[1] == "tamed eulerian"
     assert _close(net.eps.grad[1], (2 * (u - target) * h).sum(), 1e-10)
     # outside [0, 1] and r > t: finite, counted, never NaN
     half = 0.5 * t
@@ -132,22 +130,58 @@ def test_the_stand_in_clamps_into_the_unit_interval_and_lowers_r_to_t():
     assert r.tolist() == [0.0, 0.2, 0.5, 0.0] and t.tolist() == [0.4, 1.0, 0.5, 0.0]
 
 
-def test_the_class_sign_and_the_cells():
-    labels = torch.tensor([0, 1, 2, 3, 4, -1])
-    assert class_sign(labels, 4).tolist() == [1.0, -1.0, 1.0, -1.0, 0.0, 0.0]
+def test_the_cells_partition_the_triangle():
     assert cell_bins(torch.tensor([0.0, 0.124, 0.125, 0.999, 1.0, -0.1]), 8).tolist() == [0, 0, 1, 7, 7, 0]
     cells = triangle_cells(8)
     assert len(cells) == 36 and all(i <= j for i, j in cells)
 
 
-def test_the_directions_numbers_give_the_same_directions_in_another_array_library():
-    h = smooth_directions(3, 4)
-    g = torch.Generator().manual_seed(0)
-    x, r = torch.randn(5, 3, generator=g), torch.rand(5, generator=g)
-    t = r + (1 - r) * torch.rand(5, generator=g)
-    # the portable forward rounds SiLU and the bias add in another order: a few ulps of O(1) outputs
-    assert (apply_numbers(h["network"].numbers, x, r, t, torch) - h["network"](x, r, t)).abs().max() < 1e-14
-    assert torch.equal(wavy_numbers(h["wavy"].numbers, x, r, t, torch), h["wavy"](x, r, t))
+def _direction(net, j, x, r, t, **kw):
+    """``h_j`` read off the network: the output with ``offset = e_j`` less the output at ``u*``."""
+    with torch.no_grad():
+        net.offset.zero_()
+        base = net(x, r, t, **kw)
+        net.offset[j] = 1.0
+        h = net(x, r, t, **kw) - base
+        net.offset.zero_()
+    return h
+
+
+@pytest.mark.parametrize("case", ["ring8", "ring8_two_classes", "bimodal1d"])
+def test_the_tamed_directions_first_derivatives_are_exact(case):
+    """The JVP of each tamed direction (the exact fields' first derivatives, chained through the
+    stretch) equals the central difference of the direction itself, evaluated anew at each point
+    (u* solved there): step 1e-4, error O(1e-8) from the third derivative plus 1e-12 / 1e-4 of
+    round-off, against directions of size 1."""
+    mixture = get_case(case)
+    net = ExactNetwork(mixture)
+    x, r, t, v = _points(mixture, 5, 11)
+    kw = {"labels": torch.tensor([0, 1, 2, 1, 0])} if mixture.labels is not None else {}
+    dt = torch.ones_like(t)
+    for j, name in enumerate(net.decisive):
+        moved = ExactNetwork(mixture)
+        moved.offset[j] = 1.0
+
+        def h(a, c):
+            return moved(a, r, c, **kw) - net(a, r, c, **kw)
+
+        _, dh = torch.func.jvp(h, (x, t), (v, dt))
+        s = 1e-4
+        fd = (h(x + s * v, t + s * dt) - h(x - s * v, t - s * dt)) / (2 * s)
+        assert (dh.detach() - fd.detach()).abs().max().item() <= 1e-5 * max(fd.abs().max().item(), 1.0), name
+
+
+@pytest.mark.parametrize("case", ["ring8", "random16d"])
+def test_the_stretch_is_the_flow_maps_volume_change(case):
+    """Liouville: the flow carries p_t to p_r, so e^ell = p_t(x) / p_r(Phi(x, t -> r)) = |det dPhi/dx|
+    with dPhi/dx = I - (t - r) J_x u*; both from the ODE route at rtol 1e-12, agreeing to 1e-8."""
+    mixture = get_case(case)
+    field = ExactField(mixture)
+    x, r, t, _ = _points(mixture, 6, 12)
+    ell = field.layout(tamed=True).split(field.values(x, r, t))[3]
+    _, J, _, _ = field.derivatives(x, r, t)
+    M = torch.eye(mixture.d) - (t - r)[:, None, None] * J
+    assert torch.allclose(ell.exp(), torch.linalg.det(M).abs(), rtol=1e-8)
 
 
 def test_the_field_answers_each_label_with_its_class_and_checks_the_labels():
@@ -155,7 +189,7 @@ def test_the_field_answers_each_label_with_its_class_and_checks_the_labels():
     field = ExactField(mixture)
     x, r, t, _ = _points(mixture, 5, 6)
     labels = field.labels_of(torch.tensor([0, 1, 2, -1, 1]), 5)
-    u = field.values(x, r, t, labels)
+    u = field.values(x, r, t, labels)[:, : mixture.d]
     for i, c in enumerate(labels.tolist()):
         m = mixture.class_mixture(c) if c in (0, 1) else mixture
         assert _close(u[i : i + 1], truth.average_velocity(m, x[i : i + 1], r[i : i + 1], t[i : i + 1]))

@@ -29,7 +29,7 @@ def test_the_as_written_battery_hands_an_image_case_image_batches():
         seen.append(tuple(x0.shape))
         return as_written_losses.meanflow_images(model, x0)
 
-    report = run_as_written(loss, cases=["digits"], batch_size=16, min_batches=2, max_batches=2)
+    report = run_as_written(loss, cases=["digits"], batch_size=128, min_batches=2, max_batches=2)
     assert seen and all(s[1:] == (1, 8, 8) for s in seen)
     assert report.checks["times_in_range"].passed and report.checks["one_step_trained"].passed
 

@@ -58,7 +58,9 @@ def test_an_objective_registered_by_decorator_is_used_by_name():
         from mfverify import check
 
         report = check.run("doubled_fm", cases=["gauss2d_aniso"], weighting=False)
-        assert report.passed and report.checks["reduces_to_fm"].details["factor"] == pytest.approx(2.0, rel=1e-12)
+        assert report.checks["reduces_to_fm"].details["factor"] == pytest.approx(2.0, rel=1e-12)
+        assert report.checks["stationary_at_exact_u"].passed
+        assert not report.checks["trains_off_diagonal"].passed  # flow matching: the diagonal only
     finally:
         objectives.registry.unregister("doubled_fm")
 

@@ -249,3 +249,23 @@ def test_cv_target_error_with_a_biased_head_and_the_optimum():
     assert best["error_beta_opt"] == pytest.approx(mean(best["beta"]), rel=1e-12)
     assert mean(best["beta"]) < min(mean(best["beta"] - 0.05), mean(best["beta"] + 0.05))
     assert best["error_beta_opt"] <= min(best["error_beta0"], best["error_beta1"])
+
+
+@pytest.mark.parametrize("name, options", [("split_mf", {}), ("split_mf", {"lam": 0.3}), ("alpha_flow", {"alpha": 0.7}),
+                                           ("psd", {}), ("shortcut", {})])
+def test_a_split_of_r_t_stays_inside_it_at_r_equal_t_and_one_ulp_below(name, options):
+    """The split point of [r, t] rounds into [r, t]: the exact model refuses r > s, so a split one ulp
+    past an end would raise; at r = t and at t - r of one ulp every call has r <= s <= t."""
+    from mfverify.cases import get_case
+    from mfverify.check import ExactNetwork
+
+    net = ExactNetwork(get_case("ring8"))
+    g = torch.Generator().manual_seed(3)
+    t = 0.05 + 0.9 * torch.rand(400, generator=g, dtype=torch.float64)
+    r = torch.where(torch.arange(400) % 2 == 0, t, torch.nextafter(t, torch.zeros_like(t)))
+    x0, x1 = torch.randn(400, 2, generator=g, dtype=torch.float64), torch.randn(400, 2, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    loss = objectives.get(name)(net, x0, x1, r, t, **options)
+    assert torch.isfinite(loss).all()
+    summary = net.calls.summary()
+    assert summary["fraction_r_gt_t"] == 0 and summary["fraction_outside_unit_interval"] == 0

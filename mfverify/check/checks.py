@@ -6,7 +6,9 @@ CheckResult | None`` (``None``: it does not apply to this loss; ``context.notes`
 why). The per-sample battery's context is ``battery.PerSample`` (the loss, its random
 batches, the cases...), the as-written battery's ``as_written.Evidence`` (each case's
 batch derivatives at ``u*`` and off it, the calls, the sampler's summary). Each battery
-runs its checks in registration order.
+runs its checks by ``order`` (the built-ins have theirs; an outside check's default, 100, puts it
+after them), then in registration order. A check that belongs to both batteries tells their
+contexts apart (``trains_off_diagonal`` does).
 
 Outside code adds one as it adds an objective::
 
@@ -41,12 +43,14 @@ class Check:
     batteries: tuple = BATTERIES
     counts: bool = True
     asks: str = ""
+    order: float = 100.0  # the built-in checks' place in a report; an outside check comes after them
 
     def __call__(self, context):
         return self.run(context)
 
 
-def _as_check(obj, name: str, batteries=BATTERIES, counts: bool = True, asks: str | None = None) -> Check:
+def _as_check(obj, name: str, batteries=BATTERIES, counts: bool = True, asks: str | None = None,
+              order: float = 100.0) -> Check:
     if isinstance(obj, Check):
         return obj
     if not callable(obj):
@@ -56,7 +60,7 @@ def _as_check(obj, name: str, batteries=BATTERIES, counts: bool = True, asks: st
     if unknown or not batteries:
         raise ValueError(f"batteries must name some of {', '.join(BATTERIES)}, got {batteries!r}")
     doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
-    return Check(name, obj, batteries, counts, asks if asks is not None else (doc[0] if doc else ""))
+    return Check(name, obj, batteries, counts, asks if asks is not None else (doc[0] if doc else ""), float(order))
 
 
 registry = Registry("check", "mfverify.checks", wrap=_as_check)
@@ -64,7 +68,8 @@ register, unregister, get, names = registry.register, registry.unregister, regis
 
 
 def for_battery(battery: str) -> list[Check]:
-    """The registered checks of ``battery``, in registration order."""
+    """The registered checks of ``battery``, by ``order`` (the built-ins' places), then in registration order."""
     if battery not in BATTERIES:
         raise ValueError(f"battery must be one of {', '.join(BATTERIES)}, got {battery!r}")
-    return [c for c in (registry.get(n) for n in registry.names()) if battery in c.batteries]
+    found = [c for c in (registry.get(n) for n in registry.names()) if battery in c.batteries]
+    return sorted(found, key=lambda c: c.order)  # sorted() is stable: registration order within an order

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import random
 
 import torch
 
@@ -69,14 +70,46 @@ def _user_code(call):
         raise LossError(f"the loss raised {type(err).__name__}: {err}") from err
 
 
+class Unseeded:
+    """Notices draws from the global generators mfverify does not seed (numpy's and Python's
+    ``random``): a run of such a loss cannot be repeated bit for bit. ``found``: their names."""
+
+    def __init__(self):
+        self.found: set = set()
+
+    def __enter__(self):
+        import numpy as np
+
+        self._np, self._py = np.random.get_state()[1].copy(), random.getstate()
+        self._np_pos = np.random.get_state()[2]
+        return self
+
+    def __exit__(self, *exc):
+        import numpy as np
+
+        state = np.random.get_state()
+        if state[2] != self._np_pos or not np.array_equal(state[1], self._np):
+            self.found.add("numpy.random")
+        if random.getstate() != self._py:
+            self.found.add("random")
+        return False
+
+
+def _no_calls(model, before: int) -> bool:
+    return len(model.calls.r) == before
+
+
 class TorchFront:
     """``fn(model, x0)`` (``fn(model, x0, labels)``) with ``model`` an ``ExactNetwork``."""
 
     name = "torch"
     signature = (("model", "x0"), ("model", "x0", "labels"))
 
-    def model(self, mixture, inputs: str, seed: int):
-        return ExactNetwork(mixture, inputs=inputs, seed=seed)
+    def __init__(self):
+        self.unseeded = Unseeded()
+
+    def model(self, mixture, inputs: str, seed: int, **route):
+        return ExactNetwork(mixture, inputs=inputs, seed=seed, **route)
 
     def batch(self, fn, model, mixture, n, dtype, seed, takes_labels) -> torch.Tensor:
         """``d loss / d eps`` (J,) on one batch of the loss's own randomness (seeded). The data and
@@ -86,16 +119,26 @@ class TorchFront:
         args = (x0.to(dtype).reshape(image_shape(mixture, n)),) + ((labels,) if takes_labels else ())
         torch.manual_seed(2 * seed)
         model.eps.grad = None
-        out = _user_code(lambda: fn(model, *args))
+        before = len(model.calls.r)
+        with self.unseeded:
+            out = _user_code(lambda: fn(model, *args))
         loss = loss_value(out, lambda v: isinstance(v, torch.Tensor), lambda v: v.shape,
                           lambda v: type(v).__name__)
         if not loss.dtype.is_floating_point:
             raise LossError(f"the loss returned a {loss.dtype} tensor; expected a floating-point scalar")
         if not torch.isfinite(loss.detach()).all():
             raise LossError("the loss returned a non-finite value at the exact model on the case's data")
+        if _no_calls(model, before):
+            raise LossError("the loss never calls the model it is given (fn(model, x0) must evaluate model(x, r, t) "
+                            "on its batch)")
         if not loss.requires_grad:
-            raise LossError("the loss returned a tensor without a gradient: it is detached, computed outside "
-                            "autograd, or never calls the model it is given")
+            frozen = [p for p in model.parameters() if not p.requires_grad]
+            if frozen:
+                raise LossError("the exact model's parameters eps have requires_grad=False: the loss (or a copy it "
+                                "made, such as an EMA) switched them off, so the loss cannot be differentiated "
+                                "with respect to them")
+            raise LossError("the loss calls the model but its value does not depend on the model's output: the "
+                            "calls are under torch.no_grad(), or their outputs are detached")
         try:
             loss.reshape(()).backward()
         except Exception as err:
@@ -112,13 +155,13 @@ class _JaxModel:
     """``mfverify.jax``'s exact model with the bookkeeping of an ``ExactNetwork`` (``offset``: the
     ``eps`` the batches are differentiated at) and the loss's gradient compiled once (``step``)."""
 
-    def __init__(self, case, inputs, seed):
+    def __init__(self, case, inputs, seed, route):
         from mfverify.check.jax_model import JaxExactModel
 
-        self.apply = JaxExactModel(case, inputs=inputs, seed=seed)
+        self.apply = JaxExactModel(case, inputs=inputs, seed=seed, **route)
         self.params, self.calls = self.apply.params, self.apply.calls
         self.n_smooth, self.direction_names = self.apply.n_smooth, self.apply.direction_names
-        self.cells, self.grid = self.apply.cells, self.apply.grid
+        self.cells, self.grid, self.decisive = self.apply.cells, self.apply.grid, self.apply.decisive
         self.offset = torch.zeros(len(self.direction_names), dtype=torch.float64)
         self.step = None  # jax.jit of the loss's value and gradient, or False once it cannot be traced
 
@@ -133,9 +176,10 @@ class JaxFront:
 
     def __init__(self, jit: bool = True):
         self.jit = jit
+        self.unseeded = Unseeded()
 
-    def model(self, mixture, inputs: str, seed: int):
-        return _JaxModel(mixture, inputs, seed)
+    def model(self, mixture, inputs: str, seed: int, **route):
+        return _JaxModel(mixture, inputs, seed, route)
 
     def batch(self, fn, model, mixture, n, dtype, seed, takes_labels) -> torch.Tensor:
         import jax
@@ -172,13 +216,18 @@ class JaxFront:
         if model.step is None:
             model.step = jax.jit(jax.value_and_grad(lambda p, data, key: scalar(p, data, key, True)))
         value = grad = None
-        if model.step is not False:
-            try:
-                value, grad = model.step(params, data, key)
-            except _Untraceable:
-                model.step = False
-        if model.step is False:
-            value, grad = jax.value_and_grad(lambda p: scalar(p, data, key, False))(params)
+        before = len(model.calls.r)
+        with self.unseeded:  # under jit a draw from numpy happens once, at tracing: still a draw
+            if model.step is not False:
+                try:
+                    value, grad = model.step(params, data, key)
+                except _Untraceable:
+                    model.step = False
+            if model.step is False:
+                value, grad = jax.value_and_grad(lambda p: scalar(p, data, key, False))(params)
+        if _no_calls(model, before):
+            raise LossError("the loss never calls the model it is given (fn(apply, params, x0, key) must evaluate "
+                            "apply(params, x, r, t) on its batch)")
         if not np.isfinite(float(value)):
             raise LossError("the loss returned a non-finite value at the exact model on the case's data")
         return torch.from_numpy(np.asarray(grad["eps"], dtype=np.float64).copy())

@@ -18,12 +18,12 @@ caller's dtype. ``x`` may be image-shaped ``(B, ...)``; times are ``(B,)``, ``(B
 or scalars.
 
 Everything the model answers is the torch side's, from one core
-(``mfverify.check.exact_core``): the field (``ExactField``, per label), the conventions
-of the call (``inputs``), the stand-in for times outside ``[0, 1]`` or ``r > t``, the
-directions with the same numbers (``network``, the random MLP evaluated by
-``nets.mlp.apply_numbers``; ``wavy``; ``wavy by class`` on labelled cases; the cells of the
-triangle ``r < t`` and the diagonal: ``apply.direction_names``), the class sign and the
-cell bins. ``apply.n_classes`` is a labelled case's null label. Every call's ``(r, t)``
+(``mfverify.check.exact_core``): the fields (``ExactField.outputs``: ``u*``, the velocities and
+the flow map's stretch, per label, with their first derivatives), the conventions of the call
+(``inputs``), the stand-in for times outside ``[0, 1]`` or ``r > t``, the directions (the tamed
+field directions ``tamed linear``, ``tamed eulerian`` and, on a labelled case, ``tamed class``;
+the cells of the triangle ``r < t`` and the diagonal: ``apply.direction_names``) and the cell
+bins. ``apply.n_classes`` is a labelled case's null label. Every call's ``(r, t)``
 is recorded in ``calls`` (a ``CallLog``), also under ``jit``. Host callbacks run one at a
 time (a lock): XLA may call them from several threads, and the truth's own
 ``torch.func`` transforms are not thread-safe.
@@ -37,9 +37,8 @@ import numpy as np
 import torch
 
 from mfverify.cases import get_case
-from mfverify.check.exact_core import (GRID, INPUTS, CallLog, ExactField, cell_bins, class_sign, convention,
-                                       smooth_directions, stand_in, triangle_cells, wavy_numbers)
-from mfverify.nets.mlp import apply_numbers
+from mfverify.check.exact_core import (GRID, INPUTS, CallLog, ExactField, cell_bins, convention, field_direction_names,
+                                       field_directions, stand_in, triangle_cells)
 
 __all__ = ["exact_model", "flax_module", "require_jax", "JaxExactModel", "INPUTS"]
 
@@ -61,20 +60,20 @@ class JaxExactModel:
     labels=None)``: a second head's ``v(x, s)``; ``direction_names``, ``n_smooth``, ``cells``,
     ``grid``, ``inputs``, ``n_classes``, ``field`` (the host's ``ExactField``)."""
 
-    def __init__(self, case, inputs: str = "x,r,t", seed: int = 0):
+    def __init__(self, case, inputs: str = "x,r,t", seed: int = 0, **route):
         self._jax, self._jnp = require_jax()
         self.convention = convention(inputs)
         self.inputs = inputs
         mixture = get_case(case) if isinstance(case, str) else case
-        self.field = ExactField(mixture)
+        self.field = ExactField(mixture, **route)
         self.d, self.calls, self.grid = mixture.d, CallLog(), GRID
         self.n_classes = self.field.n_classes
-        smooth = smooth_directions(self.d, seed)
-        self._network, self._wavy = smooth["network"].numbers, smooth["wavy"].numbers
-        smooth_names = list(smooth) + (["wavy by class"] if self.field.labelled else [])
+        self._tamed = not self.field.lazy  # as the torch network: untamed at image scale
+        self._layout = self.field.layout(tamed=self._tamed)
+        fields, self.decisive = field_direction_names(self._tamed, self.field.labelled)
         self.cells = triangle_cells(GRID)
-        self.direction_names = smooth_names + [f"cell {i},{j}" for i, j in self.cells] + ["diagonal"]
-        self.n_smooth = len(smooth_names)
+        self.direction_names = fields + [f"cell {i},{j}" for i, j in self.cells] + ["diagonal"]
+        self.n_smooth = len(fields)
         self._table = np.full((GRID, GRID), -1, dtype=np.int32)
         for k, (i, j) in enumerate(self.cells):
             self._table[i, j] = k
@@ -85,9 +84,10 @@ class JaxExactModel:
     # ------------------------------------------------------------ the host
 
     def _host(self, x, r, t, labels):
-        """float64 ``(u, J, d_r u, d_t u)`` on the host for rows of any leading shape."""
+        """float64 ``ExactField.outputs`` (values, d/dx, d/dr, d/dt of ``[u, v, v_all, ell]``) on the host
+        for rows of any leading shape."""
         x = np.asarray(x, dtype=np.float64)
-        lead, d = x.shape[:-1], self.d
+        lead, d, m = x.shape[:-1], self.d, self._layout.size
         rows = lambda a, dtype: torch.from_numpy(  # noqa: E731
             np.broadcast_to(np.asarray(a, dtype=dtype), lead).reshape(-1).copy())
         xf = torch.from_numpy(x.reshape(-1, d).copy())
@@ -96,14 +96,14 @@ class JaxExactModel:
             self.calls.add(rf, tf)
             rs, ts = stand_in(rf, tf)
             lab = None if labels is None else self.field.labels_of(rows(labels, np.int64), len(xf))
-            u, J, dr, dt = (a.numpy() for a in self.field.derivatives(xf, rs, ts, lab))
-        return u.reshape(*lead, d), J.reshape(*lead, d, d), dr.reshape(*lead, d), dt.reshape(*lead, d)
+            out, J, dr, dt = (a.numpy() for a in self.field.outputs(xf, rs, ts, lab, tamed=self._tamed))
+        return out.reshape(*lead, m), J.reshape(*lead, m, d), dr.reshape(*lead, m), dt.reshape(*lead, m)
 
     def _host_call(self, x, r, t, labels):
         jax = self._jax
-        lead, d = x.shape[:-1], self.d
-        shapes = (jax.ShapeDtypeStruct((*lead, d), x.dtype), jax.ShapeDtypeStruct((*lead, d, d), x.dtype),
-                  jax.ShapeDtypeStruct((*lead, d), x.dtype), jax.ShapeDtypeStruct((*lead, d), x.dtype))
+        lead, d, m = x.shape[:-1], self.d, self._layout.size
+        shapes = (jax.ShapeDtypeStruct((*lead, m), x.dtype), jax.ShapeDtypeStruct((*lead, m, d), x.dtype),
+                  jax.ShapeDtypeStruct((*lead, m), x.dtype), jax.ShapeDtypeStruct((*lead, m), x.dtype))
 
         def fn(x_, r_, t_, *lab):
             return tuple(np.asarray(a, dtype=x.dtype) for a in self._host(x_, r_, t_, lab[0] if lab else None))
@@ -115,7 +115,7 @@ class JaxExactModel:
         jax, jnp = self._jax, self._jnp
 
         @jax.custom_jvp
-        def u_star(x, r, t):
+        def u_star(x, r, t):  # the stacked exact fields [u, v, v_all, ell] at (x, r, t)
             return self._host_call(x, r, t, labels)[0]
 
         @u_star.defjvp
@@ -130,17 +130,12 @@ class JaxExactModel:
 
     # ------------------------------------------------------------ the directions
 
-    def directions(self, x, r, t, labels):
-        """``(n, J, d)``: the smooth directions, then the cells of the triangle and the diagonal (a
-        constant unit vector on each cell, chosen without gradient)."""
+    def directions(self, x, r, t, fields):
+        """``(n, J, d)``: the tamed field directions (from ``fields``: ``u, v, v_all, ell`` at the call),
+        then the cells of the triangle and the diagonal (a constant unit vector on each cell, chosen
+        without gradient)."""
         jax, jnp = self._jax, self._jnp
-        w = wavy_numbers(self._wavy, x, r, t, jnp)
-        out = [apply_numbers(self._network, x, r, t, jnp, silu=jax.nn.silu), w]
-        if self.field.labelled:
-            sign = (jnp.zeros(x.shape[0], x.dtype) if labels is None
-                    else class_sign(labels, self.n_classes, jnp).astype(x.dtype))
-            out.append(sign[:, None] * w)
-        smooth = jnp.stack(out, axis=-2)
+        smooth = field_directions(x, r, t, *fields, labelled=self.field.labelled, xp=jnp, tamed=self._tamed)
         rd, td = jax.lax.stop_gradient(r), jax.lax.stop_gradient(t)
         inside = (rd >= 0) & (td <= 1) & (rd <= td)
         diag = inside & (rd == td)
@@ -175,9 +170,9 @@ class JaxExactModel:
                 raise ValueError(f"labels has {np.size(labels)} entries for a batch of {n}")
             labels = jnp.broadcast_to(jnp.asarray(labels).reshape(-1), (n,))
         u_star = self._plain if labels is None else self._u_star(labels)
-        u = u_star(flat, r, t)
+        fields = self._layout.split(u_star(flat, r, t))  # the host answers at the stand-in, and logs (r, t)
         eps = jnp.asarray(params["eps"]).astype(flat.dtype)
-        u = u + jnp.einsum("j,...jd->...d", eps, self.directions(flat, r, t, labels))
+        u = fields[0] + jnp.einsum("j,...jd->...d", eps, self.directions(flat, r, t, fields))
         return (sign * u).reshape(shape)
 
     def __call__(self, params, x, a, b, labels=None):

@@ -61,6 +61,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     sampler: dict | None = None  # the as-written battery: what the loss's sampler trains
+    unseeded: list | None = None  # the as-written battery: global generators the loss drew from, unseeded
 
     @property
     def passed(self) -> bool:
@@ -78,10 +79,12 @@ class Report:
         return EXIT[self.verdict]
 
     def to_dict(self) -> dict:
-        out = {"loss": self.loss, "passed": self.passed, "verdict": self.verdict,
+        out = {"loss": self.loss, "passed": self.passed, "verdict": self.verdict, "exit_status": self.exit_status,
                "checks": {k: c.to_dict() for k, c in self.checks.items()}, "notes": self.notes}
         if self.sampler is not None:
             out["sampler"] = dict(self.sampler)
+        if self.unseeded is not None:
+            out["reproducible"] = {"bit_for_bit": not self.unseeded, "unseeded_generators": list(self.unseeded)}
         return out
 
     def to_json(self) -> str:

@@ -188,35 +188,3 @@ class MeanFlowMLP(nn.Module):
                 h = nn.functional.silu(h)
         return (h, dh) if self.heads == 1 else (h[:, : self.d], dh[:, : self.d])
 
-
-def mlp_numbers(model: MeanFlowMLP) -> dict:
-    """A one-head, unconditional ``MeanFlowMLP`` as plain numbers (numpy float64): its layers
-    ``[(W, b), ...]``, the frequencies of its two time features and its ``time_inputs``, for
-    ``apply_numbers``, which evaluates the same network in any array library (JAX)."""
-    if model.heads != 1 or model.n_classes:
-        raise ValueError("mlp_numbers takes a one-head unconditional MeanFlowMLP")
-    layers = [(m.weight.detach().double().numpy().copy(), m.bias.detach().double().numpy().copy())
-              for m in model.net if isinstance(m, nn.Linear)]
-    freqs = (model.time_a.freqs.double().numpy().copy(), model.time_b.freqs.double().numpy().copy())
-    return {"layers": layers, "freqs": freqs, "time_inputs": model.time_inputs}
-
-
-def apply_numbers(numbers: dict, x, r, t, xp, silu=None):
-    """``MeanFlowMLP.forward`` from ``mlp_numbers`` in the array library ``xp`` (``torch`` or
-    ``jax.numpy``): the same features ``[s, sin(s f), cos(s f)]`` of ``t`` and ``t - r`` (or
-    ``r``), the same layers with SiLU ``h sigmoid(h)`` (``silu``: the library's own, default
-    ``h / (1 + exp(-h))``). Equal to the module to round-off (tested)."""
-    silu = silu or (lambda h: h / (1 + xp.exp(-h)))
-
-    def features(s, f):
-        arg = s[:, None] * xp.asarray(f, dtype=s.dtype)
-        return xp.concatenate([s[:, None], xp.sin(arg), xp.cos(arg)], axis=1)
-
-    second = t - r if numbers["time_inputs"] == "t,t-r" else r
-    h = xp.concatenate([x, features(t, numbers["freqs"][0]), features(second, numbers["freqs"][1])], axis=1)
-    layers = numbers["layers"]
-    for k, (weight, bias) in enumerate(layers):
-        h = h @ xp.asarray(weight, dtype=x.dtype).T + xp.asarray(bias, dtype=x.dtype)
-        if k < len(layers) - 1:
-            h = silu(h)
-    return h

@@ -55,6 +55,13 @@ def _fm_rows(loss, model, x_t, v_c, r, t):
     return torch.where(diag, _sq(model(x_t, t, t) - v_c), loss)
 
 
+def _between(r, s, t):
+    """The split point ``s`` clamped into ``[r, t]``: computed as ``(1 - lam) t + lam r`` (or ``r + lam (t - r)``)
+    it may round one ulp past either end, and at ``r = t`` it must be ``t`` exactly (``u(y, r, s)`` needs
+    ``r <= s``)."""
+    return torch.minimum(torch.maximum(s, r), t)
+
+
 def _split_mf(model, x_t, v_c, r, t, backend, lam=None):
     """SplitMeanFlow: ``|U - sg[lam u(x_t, s, t) + (1 - lam) u(y, r, s)]|^2``, ``s = (1 - lam) t + lam r``,
     ``y = x_t - (t - s) u(x_t, s, t)``, ``lam ~ U(0, 1)`` unless fixed; fm at ``r = t``."""
@@ -62,7 +69,7 @@ def _split_mf(model, x_t, v_c, r, t, backend, lam=None):
         lam = torch.rand(t.shape, device=t.device, dtype=t.dtype)
     else:
         lam = torch.full_like(t, lam)
-    s = (1 - lam) * t + lam * r
+    s = _between(r, (1 - lam) * t + lam * r, t)
     with torch.no_grad():
         u_st = model(x_t, s, t)
         y = x_t - _col(t - s) * u_st
@@ -91,7 +98,7 @@ def _alpha_flow(model, x_t, v_c, r, t, backend, alpha=0.5, curriculum="none", cu
                 curriculum_to=1.0, inverse_alpha=False):
     """alpha-Flow: ``|U - sg[alpha v_c + (1 - alpha) u(x_t - alpha (t - r) v_c, r, t - alpha (t - r))]|^2``;
     fm at ``r = t``."""
-    s = t - alpha * (t - r)
+    s = _between(r, t - alpha * (t - r), t)
     with torch.no_grad():
         y = x_t - _col(alpha * (t - r)) * v_c
         target = alpha * v_c + (1 - alpha) * model(y, r, s) if alpha != 1 else v_c
@@ -171,7 +178,7 @@ def _psd(model, x_t, v_c, r, t, backend, split="uniform"):
         lam = torch.rand(t.shape, device=t.device, dtype=t.dtype)
     else:
         lam = torch.full_like(t, 0.5)
-    s = r + lam * (t - r)
+    s = _between(r, r + lam * (t - r), t)
     with torch.no_grad():
         y = x_t - _col(t - s) * model(x_t, s, t)  # X_{t->s}(x_t)
         two_step = y - _col(s - r) * model(y, r, s)  # X_{s->r}(y)

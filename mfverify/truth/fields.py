@@ -119,6 +119,13 @@ def gm_moments(gm: GaussianMixture, x: torch.Tensor, t: torch.Tensor):
     return mean, within + between
 
 
+def gm_variance_trace(gm: GaussianMixture, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``tr Cov[v_c | x]`` (n,): within the components plus the spread of their means, O(K d) per point."""
+    pi, g, var = gm_component_moments(gm, x, t)
+    mean = torch.einsum("nk,nkj->nj", pi, g)
+    return (pi * (var.sum(-1) + (g - mean[:, None, :]).square().sum(-1))).sum(1)
+
+
 # ---------------------------------------------------------- product mixtures
 
 
@@ -179,6 +186,11 @@ def pm_moments(pm: ProductMixture, x: torch.Tensor, t: torch.Tensor):
     mean = (pi * g).sum(-1)
     var = (pi * (T["var"] / c + (g - mean[..., None]).square())).sum(-1)
     return mean, torch.diag_embed(var)
+
+
+def pm_variance_trace(pm: ProductMixture, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``tr Cov[v_c | x]`` (n,): the coordinates' variances summed."""
+    return pm_moments(pm, x, t)[1].diagonal(dim1=1, dim2=2).sum(1)
 
 
 # ------------------------------------------------- the singular edge, t -> 0
@@ -265,6 +277,11 @@ def log_density_raw(mixture, x, t):
 
 def moments_raw(mixture, x, t):
     return _pick(mixture, gm_moments, pm_moments, lowrank.moments)(mixture, x, t)
+
+
+def variance_trace_raw(mixture, x, t):
+    """``tr Cov[v_c | x_t = x]`` (n,), differentiable, never forming the covariance (MATH.md §3)."""
+    return _pick(mixture, gm_variance_trace, pm_variance_trace, lowrank.variance_trace)(mixture, x, t)
 
 
 def log_density(mixture, x, t) -> torch.Tensor:

@@ -138,6 +138,16 @@ def component_moments(mix: LowRankMixture, x: torch.Tensor, t: torch.Tensor):
     return pi, g, (T["lam"] / c).view(n, K, q), T["noise"] / c_perp
 
 
+def variance_trace(mix: LowRankMixture, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``tr Cov[v_c | x]`` (n,) in O(K d q): the components' traces mixed over ``pi`` with the spread of
+    their means (never forms the (d, d) covariance)."""
+    pi, g, var, var_perp = component_moments(mix, x, t)
+    d, q = x.shape[1], var.shape[-1]
+    within = (pi * (var.sum(-1) + (d - q) * var_perp)).sum(1)
+    mean = torch.einsum("nk,nkd->nd", pi, g)
+    return within + (pi * (g - mean[:, None, :]).square().sum(-1)).sum(1)
+
+
 def moments(mix: LowRankMixture, x: torch.Tensor, t: torch.Tensor):
     """``(E[v_c | x], Cov[v_c | x])``: ``Cov[v_c | x, k] = S_k C_k^-1`` (``component_moments``) mixed over
     ``pi`` with the spread of the component means. Forms (n, d, d): for tests and small d."""
