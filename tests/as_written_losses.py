@@ -219,6 +219,36 @@ def meanflow_labelled(model, x0, labels):
     return _meanflow(lambda a, b, c: model(a, b, c, labels=y), x0)
 
 
+def meanflow_guided(model, x0, labels, omega=1.0, kappa=0.5, stop_guidance_gradient=True):
+    """MeanFlow's training-time guidance as the official code writes it: a tenth of the labels dropped,
+    and on the labelled rows the target velocity ``v~ = omega v_c + kappa u(z, t, t | c) + (1 - omega - kappa)
+    u(z, t, t | null)`` (under stop-gradient), the JVP taken along ``(v~, 0, 1)``. Its fixed point is the
+    guided field of scale ``omega / (1 - kappa)`` (docs/MATH.md §14): 2 for the defaults."""
+    n = x0.shape[0]
+    null = int(labels.max()) + 1
+    dropped = torch.rand(n) < 0.1
+    y = torch.where(dropped, torch.full_like(labels, null), labels)
+    r, t = logit_normal_times(n, x0.dtype)
+    e = torch.randn_like(x0)
+    z = (1 - t[:, None]) * x0 + t[:, None] * e
+    v = e - x0
+    u_c = model(z, t, t, labels=y)
+    u_null = model(z, t, t, labels=torch.full_like(labels, null))
+    guided = omega * v + kappa * u_c + (1 - omega - kappa) * u_null
+    if stop_guidance_gradient:
+        guided = guided.detach()
+    v_tilde = torch.where(dropped[:, None], v, guided)
+    u, dudt = torch.func.jvp(lambda a, b, c: model(a, b, c, labels=y), (z, r, t),
+                             (v_tilde.detach(), torch.zeros_like(r), torch.ones_like(t)))
+    target = v_tilde - (t - r)[:, None] * dudt.detach()
+    return (u - target).square().sum(1).mean()
+
+
+def meanflow_guided_kappa_without_stop_gradient(model, x0, labels):
+    """The same with the guidance terms outside the stop-gradient."""
+    return meanflow_guided(model, x0, labels, stop_guidance_gradient=False)
+
+
 def meanflow_labels_shuffled(model, x0, labels):
     """The labels handed to the network in another row order than the data (a dataloader bug)."""
     return meanflow_labelled(model, x0, labels[torch.randperm(labels.shape[0])])
@@ -257,3 +287,31 @@ def meanflow_images_no_stop_gradient(model, x0):
 def meanflow_images_wrong_tangent(model, x0):
     """The same with the tangent (v, 0, 0): d_t u left out of the total derivative."""
     return _meanflow_images(model, x0, tangent_t=0.0)
+
+
+def never_calls_the_model(model, x0):
+    """A loss that forgets its network: a number of the data alone."""
+    return x0.square().mean().requires_grad_()
+
+
+def calls_under_no_grad(model, x0):
+    """The network called under ``torch.no_grad()``: the loss cannot train it."""
+    t = torch.rand(x0.shape[0], dtype=x0.dtype)
+    with torch.no_grad():
+        u = model(x0, t, t)
+    return (u - x0).square().mean().requires_grad_()
+
+
+def interrupted(model, x0):
+    """Ctrl-C pressed while the loss runs."""
+    raise KeyboardInterrupt
+
+
+def draws_from_numpy(model, x0):
+    """MeanFlow whose times come from numpy's global generator, which mfverify does not seed."""
+    import numpy as np
+
+    t = torch.as_tensor(np.random.uniform(0.05, 1.0, size=x0.shape[0]), dtype=x0.dtype)
+    e = torch.randn_like(x0)
+    z = (1 - t[:, None]) * x0 + t[:, None] * e
+    return (model(z, t, t) - (e - x0)).square().sum(1).mean()

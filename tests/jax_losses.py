@@ -281,6 +281,14 @@ def imf_official_w1_p0(apply, params, x0, labels, key):
     return _imf(apply, params, x0, labels, key, s_max=0.0, norm_p=0.0)
 
 
+def imf_official_unlabelled(apply, params, x0, key):
+    """The iMF module on an unlabelled case (scale 1, p = 0): labels of zeros that the adapter does not
+    hand the network (``labels=None``), as an adapter for an unconditional run writes it. Under ``jit`` its
+    host callbacks (the u head, the v head and the JVP) may run concurrently (issue 39)."""
+    labels = jnp.zeros(x0.shape[0], jnp.int32)
+    return _official(IMFStyle, {"labels": None, "heads": 2}, apply, params, x0, labels, key, s_max=0.0, norm_p=0.0)
+
+
 # ------------------------------------------------------------------ Shortcut models (kvfrans/shortcut-models)
 
 SHORTCUT_MODEL = {"denoise_timesteps": 128, "bootstrap_every": 8, "bootstrap_dt_bias": 0, "bootstrap_cfg": 0,

@@ -1,6 +1,7 @@
 """Image scale: the study on digits, the checks on image-shaped batches, the exact network's lazy route."""
 
 import numpy as np
+import pytest
 import torch
 
 from mfverify.cases import LowRankMixture
@@ -75,3 +76,35 @@ def test_the_per_sample_battery_refuses_a_case_beyond_its_reach_before_any_work(
 
     with pytest.raises(ValueError, match=r"case 'images32' has d = 3072: the per-sample battery"):
         run("mf", cases=["ring8", "images32"])
+
+
+def _three_channels():
+    """A small three-channel image case, 3 x 2 x 2 (d = 12), two components of rank 2."""
+    from mfverify.cases import LowRankMixture
+
+    g = np.random.default_rng(5)
+    return LowRankMixture([0.5, 0.5], g.normal(0, 1.0, (2, 12)), g.normal(0, 0.5, (2, 12, 2)), [0.05, 0.08],
+                          shape=(3, 2, 2))
+
+
+def _channels_last(model, x0):
+    """An image loss written for NHWC batches: it checks that the channels come last."""
+    assert x0.shape[-1] == 3, x0.shape
+    return as_written_losses.meanflow_images(model, x0)
+
+
+def _channels_first_inside(model, x0):
+    """Takes NHWC batches but hands its network NCHW images (a layout the check was not told)."""
+    return as_written_losses.meanflow_images(model, x0.permute(0, 3, 1, 2))
+
+
+def test_nhwc_and_nchw_versions_of_an_image_loss_get_the_same_verdict_and_a_mismatch_is_a_usage_error():
+    case = _three_channels()
+    nchw = run_as_written(as_written_losses.meanflow_images, cases=[case], batch_size=128, max_batches=16)
+    nhwc = run_as_written(_channels_last, cases=[case], batch_size=128, max_batches=16, layout="NHWC")
+    # the same verdict (16 batches: undecided, the resolution is not reached), neither a failure
+    assert nchw.verdict == nhwc.verdict == "undecided", nhwc.table()
+    from mfverify.check import LossError
+
+    with pytest.raises(LossError, match=r"does not match the case's images \(3, 2, 2\) in layout NHWC"):
+        run_as_written(_channels_first_inside, cases=[case], batch_size=64, max_batches=8, layout="NHWC")

@@ -48,6 +48,16 @@ def _ring8_two_classes() -> GaussianMixture:
     return GaussianMixture(ring.weights, ring.means, ring.covs, labels=np.arange(8) % 2)
 
 
+def _ring8_halves() -> GaussianMixture:
+    ring = _ring8()
+    return GaussianMixture(ring.weights, ring.means, ring.covs, labels=np.arange(8) // 4)
+
+
+def _bimodal1d_labelled() -> GaussianMixture:
+    mix = _bimodal1d()
+    return GaussianMixture(mix.weights, mix.means, mix.covs, labels=np.arange(2))
+
+
 def _narrow2d() -> GaussianMixture:
     means = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
     covs = np.broadcast_to(1e-3**2 * np.eye(2), (4, 2, 2))
@@ -127,6 +137,10 @@ for _name, _build, _description in [
     ("ring8_labelled", _ring8_labelled, "ring8 with class labels: component k is class k (8 classes)"),
     ("ring8_two_classes", _ring8_two_classes,
      "ring8 with two classes of four components each: even components class 0, odd class 1"),
+    ("ring8_halves", _ring8_halves,
+     "ring8 with two classes that are halves of the ring (components 0-3 and 4-7): the class fields differ "
+     "on a side, so a guidance error moves the fixed point (docs/MATH.md §13)"),
+    ("bimodal1d_labelled", _bimodal1d_labelled, "bimodal1d with each component a class"),
     ("narrow2d", _narrow2d, "4 components at (+-1, +-1) of std 1e-3"),
     ("wide2d", _wide2d, "2 components at (+-6, 0): conditional velocities of size 6, beyond a clip at 4"),
     ("dirac2d", _dirac2d, "a finite data set of 6 points in 2-D (covariances 0)"),

@@ -37,9 +37,10 @@ from mfverify.cases import get_case
 from mfverify.check import battery as _battery  # noqa: F401  (registers trains_off_diagonal, shared)
 from mfverify.check import checks as _checks
 from mfverify.check import sampler as _sampler
-from mfverify.check.exact_core import INPUTS, CallLog
-from mfverify.check.fronts import FRONTS, arity
-from mfverify.check.report import CheckResult, Report, check_cases, check_int, check_rtol
+from mfverify.check.exact_core import INPUTS, LAYOUTS, CallLog
+from mfverify.check.fronts import FRONTS, arity, labels_only
+from mfverify.check.report import (DEFAULT_CASES, DEFAULT_LABELLED_CASES, CheckResult, Report, check_cases,
+                                   check_int, check_rtol)
 from mfverify.check.report import progress as progress_line
 from mfverify.check.sampler import ONE_STEP, draw_sampler, sampler_table
 from mfverify.check.statistics import (HEAVY_TAIL, POWER, STATIONARY_RTOL, Summary, bonferroni_z, combine,
@@ -47,8 +48,6 @@ from mfverify.check.statistics import (HEAVY_TAIL, POWER, STATIONARY_RTOL, Summa
 
 __all__ = ["run_as_written", "DEFAULT_CASES", "ONE_STEP", "sampler_table", "draw_sampler", "Evidence", "CaseEvidence"]
 
-# a Gaussian, a 1-D bimodal mixture, ring8, and one whose velocities exceed 4 (clipped targets show)
-DEFAULT_CASES = ("gauss2d_aniso", "bimodal1d", "ring8", "wide2d")
 RESOLUTION = 0.03  # a case is resolved when each deciding direction's se is 3 % of its curvature
 REACH_BATCHES = 4  # batches with the model off u*, per case (where the gradient reaches)
 CURVATURE_BATCHES = 4  # batches whose derivatives are also taken at eps_j = +-DELTA (the curvature)
@@ -117,7 +116,8 @@ class Evidence:
 def run_as_written(fn, cases=None, seed: int = 0, batch_size: int | None = None, min_batches: int = 8,
                    max_batches: int = 512, resolution: float = RESOLUTION, inputs: str = "x,r,t",
                    dtype: torch.dtype = torch.float64, rtol: float | None = None, progress: bool = False,
-                   name: str | None = None, framework: str = "torch", jit: bool = True) -> Report:
+                   name: str | None = None, framework: str = "torch", jit: bool = True,
+                   layout: str | None = None) -> Report:
     """Run the as-written battery on ``fn`` (see the module's docstring); ``Report.sampler`` holds
     what its sampler trains. ``batch_size``: rows per call of the loss (default ``BATCH_SIZE``,
     ``IMAGE_BATCH_SIZE`` on image cases); ``dtype``: of ``x0`` (the model computes in float64 and
@@ -127,21 +127,28 @@ def run_as_written(fn, cases=None, seed: int = 0, batch_size: int | None = None,
     x, r, t)`` the exact model of ``mfverify.jax``, ``key`` a ``jax.random`` key per batch; the
     derivatives are ``jax.grad(fn)(params)["eps"]``, compiled once per case with ``jax.jit``
     (``jit=False``, or a loss that cannot be traced: op by op), and everything else is this
-    battery. A float64 JAX run needs ``jax_enable_x64`` (the CLI sets it)."""
+    battery. A float64 JAX run needs ``jax_enable_x64`` (the CLI sets it). ``layout``: how an image
+    case's batches are shaped, ``"NCHW"`` (torch's default), ``"NHWC"`` (JAX's default) or ``"flat"``;
+    the exact model reads the loss's arrays in the same layout and refuses others."""
     start = time.perf_counter()
     if framework not in FRONTS:
         raise ValueError(f"framework must be 'torch' or 'jax', got {framework!r}")
     if framework == "jax":
         _require_x64(dtype)
-    cases = check_cases(cases, DEFAULT_CASES)
+    front = FRONTS[framework](jit=jit) if framework == "jax" else FRONTS[framework]()
+    layout = layout or ("NHWC" if framework == "jax" else "NCHW")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    labelled_only = callable(fn) and labels_only(fn, front)
+    cases = check_cases(cases, DEFAULT_LABELLED_CASES if labelled_only else DEFAULT_CASES)
     _validate(fn, cases, seed, batch_size, min_batches, max_batches, resolution, inputs, dtype, rtol)
     rtol = FLOOR if rtol is None else rtol
     mixtures = [get_case(c) if isinstance(c, str) else c for c in cases]
-    front = FRONTS[framework](jit=jit) if framework == "jax" else FRONTS[framework]()
     takes_labels = arity(fn, mixtures, front)
     runs = [_CaseRun(front, fn, mixture, case if isinstance(case, str) else repr(mixture), inputs, dtype,
                      seed + 7919 * ci, seed + 17 * ci, takes_labels,
-                     batch_size or (IMAGE_BATCH_SIZE if getattr(mixture, "shape", None) else BATCH_SIZE), resolution)
+                     batch_size or (IMAGE_BATCH_SIZE if getattr(mixture, "shape", None) else BATCH_SIZE), resolution,
+                     layout)
             for ci, (case, mixture) in enumerate(zip(cases, mixtures))]
     rounds = 1 + max(0, math.ceil(math.log(max_batches / min_batches) / math.log(GROWTH[0]) - 1e-9))
     shared = _shared_directions(runs)
@@ -202,11 +209,12 @@ class _CaseRun:
     (the same draws: common random numbers)."""
 
     def __init__(self, front, fn, mixture, label, inputs, dtype, seed, model_seed, takes_labels, batch_size,
-                 resolution):
+                 resolution, layout):
         self.front, self.fn, self.mixture, self.label = front, fn, mixture, label
         self.dtype, self.seed, self.takes_labels, self.batch_size = dtype, seed, takes_labels, batch_size
         self.resolution = resolution
-        self.model = front.model(mixture, inputs, model_seed, rtol=TRUTH_TOLERANCE, atol=TRUTH_TOLERANCE)
+        self.model = front.model(mixture, inputs, model_seed, layout=layout, rtol=TRUTH_TOLERANCE,
+                                 atol=TRUTH_TOLERANCE)
         self.grads, self.plus, self.minus, self.off = [], [], [], None
         self.evidence = None
 
@@ -345,7 +353,7 @@ def _undecided_note(evidence: Evidence, insufficient: list, tails: dict) -> str:
     for case in evidence.cases:
         if case.label not in insufficient:
             continue
-        need = math.ceil(case.stat.batches * (case.resolution / evidence.resolution) ** 2) \
+        need = max(MIN_RESOLVED, math.ceil(case.stat.batches * (case.resolution / evidence.resolution) ** 2)) \
             if math.isfinite(case.resolution) else None
         heavy = tails[case.label]
         tail = "" if heavy <= HEAVY_TAIL else f"; heavy-tailed batches (the farthest {heavy:.0f} robust sd out)"

@@ -68,8 +68,20 @@ def _writable_folder(folder: Path, flag: str) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise ValueError(f"{flag} {folder}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    if not _can_write_in(probe):
         raise ValueError(f"{flag} {folder}: {probe} is not writable")
+
+
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be made in ``folder``: tried, not read off the permissions (which root ignores,
+    and which a read-only file system or /proc do not show)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def _check_json_path(path: Path, force: bool) -> None:
@@ -80,7 +92,7 @@ def _check_json_path(path: Path, force: bool) -> None:
         if path.parent.exists():
             raise ValueError(f"--json {path}: {path.parent} is a file, not a folder")
         raise ValueError(f"--json {path}: its folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
+    if not _can_write_in(path.parent):
         raise ValueError(f"--json {path}: the folder {path.parent} is not writable")
     if path.exists() and not force and not _is_report(path):
         raise ValueError(f"--json {path}: the file exists and is not an earlier check report; choose another path "
@@ -138,6 +150,9 @@ def _parser(prog: str = "mfverify check") -> argparse.ArgumentParser:
     aw.add_argument("--framework", default="torch", choices=("torch", "jax"),
                     help="torch: fn(model, x0); jax: fn(apply, params, x0, key), differentiated by jax.grad "
                     "(needs pip install -e \".[jax]\")")
+    aw.add_argument("--layout", choices=("NCHW", "NHWC", "flat"),
+                    help="an image case's batches: NCHW (torch's, the default with --framework torch), NHWC "
+                    "(flax's, the default with --framework jax) or flat rows")
     aw.add_argument("--dtype", default="float64", choices=("float32", "float64"),
                     help="of the data (with --framework jax, float64 turns on jax_enable_x64)")
     aw.add_argument("--no-jit", action="store_true",
@@ -276,4 +291,4 @@ def _run_as_written(args):
                           min_batches=args.min_batches, max_batches=args.max_batches, resolution=args.resolution,
                           inputs=args.inputs, dtype=getattr(torch, args.dtype), rtol=args.rtol,
                           progress=not args.no_progress, name=args.as_written, framework=args.framework,
-                          jit=not args.no_jit)
+                          jit=not args.no_jit, layout=args.layout)

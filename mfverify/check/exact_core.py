@@ -37,7 +37,7 @@ from mfverify.truth.fields import log_density_raw, variance_trace_raw, velocity_
 from mfverify.nets import build_network
 from mfverify.theory.identities import ExactModel
 
-__all__ = ["Convention", "CONVENTIONS", "INPUTS", "GRID", "stand_in", "cell_bins", "triangle_cells",
+__all__ = ["Convention", "CONVENTIONS", "INPUTS", "GRID", "LAYOUTS", "to_rows", "from_rows", "stand_in", "cell_bins", "triangle_cells",
            "smooth_directions", "field_directions", "FIELD_DIRECTIONS", "IMAGE_DIRECTIONS", "IMAGE_DECISIVE", "field_direction_names", "Outputs", "ExactField", "CallLog",
            "LABEL_KEYWORDS"]
 
@@ -83,6 +83,54 @@ def convention(inputs: str) -> Convention:
     if inputs not in CONVENTIONS:
         raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
     return CONVENTIONS[inputs]
+
+
+LAYOUTS = ("NCHW", "NHWC", "flat")
+
+
+def _permute(a, axes, xp):
+    return a.permute(*axes) if xp is torch else xp.transpose(a, axes)
+
+
+def to_rows(x, layout: str, shape, d: int, xp=torch):
+    """A caller's ``x`` as rows ``(n, d)`` in the case's own order (``shape = (C, H, W)``, flattened C-major).
+
+    ``layout``: ``"NCHW"`` (torch's images), ``"NHWC"`` (flax's: permuted to NCHW first), ``"flat"``
+    (``(n, d)`` only). A flat ``(n, d)`` batch is read in the layout's order. On a case without a shape any
+    batch of ``d`` values per row is taken as given. A batch that fits neither is a ``ValueError`` naming
+    both shapes."""
+    n = x.shape[0]
+    if shape is None or len(shape) != 3:
+        flat = x.reshape(n, -1)
+        if flat.shape[1] != d:
+            raise ValueError(f"the exact model of a {d}-dimensional case got x of shape {tuple(x.shape)} "
+                             f"({flat.shape[1]} values per row)")
+        return flat
+    C, H, W = shape
+    rest = tuple(x.shape[1:])
+    if layout == "flat":
+        if rest != (d,):
+            raise ValueError(f"layout flat takes x of shape (n, {d}); got {tuple(x.shape)} (case shape {shape})")
+        return x
+    if layout == "NCHW" and rest in ((C, H, W), (d,)):
+        return x.reshape(n, d)
+    if layout == "NHWC" and rest in ((H, W, C), (d,)):
+        return _permute(x.reshape(n, H, W, C), (0, 3, 1, 2), xp).reshape(n, d)
+    want = (C, H, W) if layout == "NCHW" else (H, W, C)
+    raise ValueError(f"x of shape {tuple(x.shape)} does not match the case's images {shape} in layout {layout}, "
+                     f"which expects (n, {', '.join(map(str, want))}) or (n, {d}); give the loss's layout "
+                     f"(--layout {'NHWC' if layout == 'NCHW' else 'NCHW'}?)")
+
+
+def from_rows(u, like_shape, layout: str, shape, xp=torch):
+    """Rows ``(n, d)`` back in the caller's shape and layout (the inverse of ``to_rows``)."""
+    n = u.shape[0]
+    if shape is None or len(shape) != 3 or layout == "flat":
+        return u.reshape(like_shape)
+    C, H, W = shape
+    if layout == "NHWC":
+        return _permute(u.reshape(n, C, H, W), (0, 2, 3, 1), xp).reshape(like_shape)
+    return u.reshape(like_shape)
 
 
 def stand_in(r, t, xp=torch):

@@ -57,8 +57,9 @@ from __future__ import annotations
 import torch
 
 from mfverify.cases import get_case
-from mfverify.check.exact_core import (GRID, INPUTS, LABEL_KEYWORDS, CallLog, ExactField, cell_bins, convention,
-                                       field_direction_names, field_directions, stand_in, triangle_cells)
+from mfverify.check.exact_core import (GRID, INPUTS, LABEL_KEYWORDS, LAYOUTS, CallLog, ExactField, cell_bins,
+                                       convention, field_direction_names, field_directions, from_rows, stand_in,
+                                       to_rows, triangle_cells)
 
 __all__ = ["ExactNetwork", "CallLog", "INPUTS", "GRID"]
 
@@ -147,12 +148,17 @@ class ExactNetwork(torch.nn.Module):
 
     ``case``: a name or a mixture; ``directions``: ``{name: h(x, r, t)}`` (smooth functions of
     torch tensors) in place of the tamed field directions; ``inputs``: the call's convention;
-    ``grid``: cells per unit time. ``calls`` records every call; ``field`` is the
+    ``grid``: cells per unit time; ``layout``: an image case's batches, ``"NCHW"`` (default),
+    ``"NHWC"`` or ``"flat"`` (``exact_core.to_rows``). ``calls`` records every call; ``field`` is the
     ``ExactField`` that answers; ``decisive`` the directions whose resolution decides a case."""
 
-    def __init__(self, case, directions=None, inputs: str = "x,r,t", grid: int = GRID, seed: int = 0, **route):
+    def __init__(self, case, directions=None, inputs: str = "x,r,t", grid: int = GRID, seed: int = 0,
+                 layout: str = "NCHW", **route):
         super().__init__()
         self.convention = convention(inputs)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self.layout = layout
         if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
             raise ValueError(f"grid must be an int >= 2, got {grid!r}")
         self.mixture = get_case(case) if isinstance(case, str) else case
@@ -207,16 +213,14 @@ class ExactNetwork(torch.nn.Module):
         if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
             raise TypeError(f"the exact model takes a floating-point tensor x, got {getattr(x, 'dtype', type(x))}")
         shape, n = x.shape, x.shape[0]
-        flat = x.reshape(n, -1)
-        if flat.shape[1] != self.d:
-            raise ValueError(f"the exact model of a {self.d}-dimensional case got x of shape {tuple(shape)} "
-                             f"({flat.shape[1]} values per row)")
+        image = getattr(self.mixture, "shape", None)
+        flat = to_rows(x, self.layout, image, self.d)
         self.calls.add(r, t)
         r_in, t_in = stand_in(r.double(), t.double())
         x64 = flat.double()
         fields = self._layout.split(_ExactAlong.apply(x64, r_in, t_in, _Along(self.field, labels, self._tamed)))
         u = fields[0] + self._perturbation(x64, r.double(), t.double(), fields)
-        return (sign * u.to(x.dtype)).reshape(shape)
+        return from_rows(sign * u.to(x.dtype), shape, self.layout, image)
 
     def _perturbation(self, x, r, t, fields):
         coeff = self.eps + self.offset

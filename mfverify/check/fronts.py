@@ -34,9 +34,17 @@ def draw(mixture, n: int, seed: int, labelled: bool):
     return mixture.sample(n, generator=g), None
 
 
-def image_shape(mixture, n: int) -> tuple:
-    """``(n, C, H, W)`` on an image case (a case with a ``shape``), else ``(n, d)``."""
-    return (n,) + tuple(getattr(mixture, "shape", None) or (mixture.d,))
+def shaped(x0, mixture, layout: str, xp=torch):
+    """A batch of rows ``(n, d)`` as the loss gets it: on an image case ``(n, C, H, W)`` (NCHW), ``(n, H, W, C)``
+    (NHWC) or the rows (flat); else ``(n, d)``."""
+    shape = getattr(mixture, "shape", None)
+    if not shape or len(shape) != 3 or layout == "flat":
+        return x0
+    n, (C, H, W) = x0.shape[0], shape
+    images = x0.reshape(n, C, H, W)
+    if layout == "NHWC":
+        return images.permute(0, 2, 3, 1) if xp is torch else xp.transpose(images, (0, 2, 3, 1))
+    return images
 
 
 def loss_value(out, is_array, shape_of, describe):
@@ -108,15 +116,15 @@ class TorchFront:
     def __init__(self):
         self.unseeded = Unseeded()
 
-    def model(self, mixture, inputs: str, seed: int, **route):
-        return ExactNetwork(mixture, inputs=inputs, seed=seed, **route)
+    def model(self, mixture, inputs: str, seed: int, layout: str = "NCHW", **route):
+        return ExactNetwork(mixture, inputs=inputs, seed=seed, layout=layout, **route)
 
     def batch(self, fn, model, mixture, n, dtype, seed, takes_labels) -> torch.Tensor:
         """``d loss / d eps`` (J,) on one batch of the loss's own randomness (seeded). The data and
         the loss draw from generators of different seeds: two generators of one seed give the
         same stream, and a loss's times would then be a function of its data."""
         x0, labels = draw(mixture, n, seed, takes_labels)
-        args = (x0.to(dtype).reshape(image_shape(mixture, n)),) + ((labels,) if takes_labels else ())
+        args = (shaped(x0.to(dtype), mixture, model.layout),) + ((labels,) if takes_labels else ())
         torch.manual_seed(2 * seed)
         model.eps.grad = None
         before = len(model.calls.r)
@@ -144,7 +152,10 @@ class TorchFront:
         except Exception as err:
             raise LossError(f"backward through the loss failed: {type(err).__name__}: {err}") from err
         grad = model.eps.grad
-        return torch.zeros_like(model.eps.detach()) if grad is None else grad.detach().clone()
+        if grad is None:  # every output of the model depends on eps: none reached the loss's value
+            raise LossError("the loss calls the model but its value does not depend on the model's output: the "
+                            "calls are under torch.no_grad(), or their outputs are detached")
+        return grad.detach().clone()
 
 
 class _Untraceable(Exception):
@@ -155,10 +166,11 @@ class _JaxModel:
     """``mfverify.jax``'s exact model with the bookkeeping of an ``ExactNetwork`` (``offset``: the
     ``eps`` the batches are differentiated at) and the loss's gradient compiled once (``step``)."""
 
-    def __init__(self, case, inputs, seed, route):
+    def __init__(self, case, inputs, seed, layout, route):
         from mfverify.check.jax_model import JaxExactModel
 
-        self.apply = JaxExactModel(case, inputs=inputs, seed=seed, **route)
+        self.apply = JaxExactModel(case, inputs=inputs, seed=seed, layout=layout, **route)
+        self.layout = layout
         self.params, self.calls = self.apply.params, self.apply.calls
         self.n_smooth, self.direction_names = self.apply.n_smooth, self.apply.direction_names
         self.cells, self.grid, self.decisive = self.apply.cells, self.apply.grid, self.apply.decisive
@@ -178,8 +190,8 @@ class JaxFront:
         self.jit = jit
         self.unseeded = Unseeded()
 
-    def model(self, mixture, inputs: str, seed: int, **route):
-        return _JaxModel(mixture, inputs, seed, route)
+    def model(self, mixture, inputs: str, seed: int, layout: str = "NHWC", **route):
+        return _JaxModel(mixture, inputs, seed, layout, route)
 
     def batch(self, fn, model, mixture, n, dtype, seed, takes_labels) -> torch.Tensor:
         import jax
@@ -188,7 +200,8 @@ class JaxFront:
 
         x0, labels = draw(mixture, n, seed, takes_labels)
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        data = (jnp.asarray(x0.numpy().astype(np_dtype)),) + ((jnp.asarray(labels.numpy()),) if takes_labels else ())
+        rows = shaped(x0, mixture, model.layout)  # the case's images in the loss's layout (flax's: NHWC)
+        data = (jnp.asarray(rows.numpy().astype(np_dtype)),) + ((jnp.asarray(labels.numpy()),) if takes_labels else ())
         key = jax.random.PRNGKey(2 * seed)
         params = {"eps": jnp.asarray(model.offset.numpy()).astype(model.params["eps"].dtype)}
         untraceable = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
@@ -234,6 +247,20 @@ class JaxFront:
 
 
 FRONTS = {"torch": TorchFront, "jax": JaxFront}
+
+
+def _binds(fn, names) -> bool:
+    try:
+        inspect.signature(fn).bind(*names)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def labels_only(fn, front) -> bool:
+    """Whether ``fn`` takes the labels and cannot be called without them."""
+    plain, labelled_args = front.signature
+    return _binds(fn, labelled_args) and not _binds(fn, plain)
 
 
 def arity(fn, mixtures, front) -> bool:

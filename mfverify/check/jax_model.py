@@ -37,8 +37,9 @@ import numpy as np
 import torch
 
 from mfverify.cases import get_case
-from mfverify.check.exact_core import (GRID, INPUTS, CallLog, ExactField, cell_bins, convention, field_direction_names,
-                                       field_directions, stand_in, triangle_cells)
+from mfverify.check.exact_core import (GRID, INPUTS, LAYOUTS, CallLog, ExactField, cell_bins, convention,
+                                       field_direction_names, field_directions, from_rows, stand_in, to_rows,
+                                       triangle_cells)
 
 __all__ = ["exact_model", "flax_module", "require_jax", "JaxExactModel", "INPUTS"]
 
@@ -60,11 +61,15 @@ class JaxExactModel:
     labels=None)``: a second head's ``v(x, s)``; ``direction_names``, ``n_smooth``, ``cells``,
     ``grid``, ``inputs``, ``n_classes``, ``field`` (the host's ``ExactField``)."""
 
-    def __init__(self, case, inputs: str = "x,r,t", seed: int = 0, **route):
+    def __init__(self, case, inputs: str = "x,r,t", seed: int = 0, layout: str = "NHWC", **route):
         self._jax, self._jnp = require_jax()
         self.convention = convention(inputs)
         self.inputs = inputs
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self.layout = layout
         mixture = get_case(case) if isinstance(case, str) else case
+        self._image = getattr(mixture, "shape", None)
         self.field = ExactField(mixture, **route)
         self.d, self.calls, self.grid = mixture.d, CallLog(), GRID
         self.n_classes = self.field.n_classes
@@ -154,9 +159,7 @@ class JaxExactModel:
         jnp = self._jnp
         x = jnp.asarray(x)
         shape, n = x.shape, x.shape[0]
-        flat = x.reshape(n, -1)
-        if flat.shape[-1] != self.d:
-            raise ValueError(f"the exact model of a {self.d}-dimensional case got x of shape {shape}")
+        flat = to_rows(x, self.layout, self._image, self.d, jnp)
 
         def times(v):
             v = jnp.asarray(v, flat.dtype)
@@ -173,7 +176,7 @@ class JaxExactModel:
         fields = self._layout.split(u_star(flat, r, t))  # the host answers at the stand-in, and logs (r, t)
         eps = jnp.asarray(params["eps"]).astype(flat.dtype)
         u = fields[0] + jnp.einsum("j,...jd->...d", eps, self.directions(flat, r, t, fields))
-        return (sign * u).reshape(shape)
+        return from_rows(sign * u, shape, self.layout, self._image, jnp)
 
     def __call__(self, params, x, a, b, labels=None):
         return self._evaluate(params, x, self.convention.times, a, b, labels)
@@ -188,10 +191,11 @@ class JaxExactModel:
         return self._evaluate(params, x, at, s, s, labels)
 
 
-def exact_model(case, inputs: str = "x,r,t", seed: int = 0):
+def exact_model(case, inputs: str = "x,r,t", seed: int = 0, layout: str = "NHWC"):
     """``(apply, params, calls)`` for ``case`` (a name or a mixture); see the module docstring.
-    ``apply`` is a ``JaxExactModel``."""
-    model = JaxExactModel(case, inputs=inputs, seed=seed)
+    ``apply`` is a ``JaxExactModel``; ``layout``: an image case's arrays, ``"NHWC"`` (flax's, the
+    default), ``"NCHW"`` or ``"flat"``."""
+    model = JaxExactModel(case, inputs=inputs, seed=seed, layout=layout)
     return model, model.params, model.calls
 
 

@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["CheckResult", "Report", "LossError", "EXIT", "DEFAULT_CASES", "check_int", "check_rtol", "check_cases",
+__all__ = ["CheckResult", "Report", "LossError", "EXIT", "DEFAULT_CASES", "DEFAULT_LABELLED_CASES", "check_int", "check_rtol", "check_cases",
            "progress", "fmt", "cell"]
 
 # a Gaussian, a 1-D bimodal mixture, ring8, and velocities beyond 4 (a clipped target shows)
 DEFAULT_CASES = ("gauss2d_aniso", "bimodal1d", "ring8", "wide2d")
+# a loss that takes labels: classes whose fields differ, where a guidance error or a label shuffle
+# moves the fixed point along the class direction (docs/MATH.md §13)
+DEFAULT_LABELLED_CASES = ("ring8_halves", "bimodal1d_labelled")
 
 # the command's exit status: one meaning each
 EXIT = {"passed": 0, "failed": 1, "usage": 2, "undecided": 3, "interrupted": 130}
