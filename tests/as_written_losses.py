@@ -21,7 +21,8 @@ def logit_normal_times(n, dtype, mean=-0.4, std=1.0, share=0.25):
     return torch.where(keep, r, t), t
 
 
-def _meanflow(model, x0, tangent_t=1.0, stop_gradient=True, clip=None, backend="func", reduction=None, factor=1.0):
+def _meanflow(model, x0, tangent_t=1.0, stop_gradient=True, clip=None, backend="func", reduction=None, factor=1.0,
+              grad_share=0.0, clip_share=1.0):
     n = x0.shape[0]
     r, t = logit_normal_times(n, x0.dtype)
     e = torch.randn_like(x0)
@@ -38,9 +39,9 @@ def _meanflow(model, x0, tangent_t=1.0, stop_gradient=True, clip=None, backend="
             u, dudt = fwAD.unpack_dual(out)
     target = v - factor * (t - r)[:, None] * dudt
     if clip is not None:
-        target = target.clamp(-clip, clip)
+        target = target + clip_share * (target.clamp(-clip, clip) - target)
     if stop_gradient:
-        target = target.detach()
+        target = target.detach() + grad_share * (target - target.detach())  # the value unchanged
     if reduction is not None:
         return reduction(u, target)
     return (u - target).square().sum(1).mean()
@@ -105,6 +106,27 @@ def quartic(model, x0):
     """zhuyu-cs/MeanFlow's weighting at ``p = 0``: ``L^2 / sg(L^2 + c)^0`` with ``L = |u - target|^2``, a loss
     in ``|Delta|^4`` whose minimiser is not the conditional mean."""
     return _meanflow(model, x0, reduction=lambda u, target: (u - target).square().sum(1).square().mean())
+
+
+DEFECTS = ("no_stop_gradient", "wrong_tangent", "tangent_factor", "clipped_target")
+
+
+def defective(defect: str, alpha: float):
+    """MeanFlow with ``alpha`` times one defect (``benchmarks/check_power.py``): ``no_stop_gradient``, a share
+    ``alpha`` of the target's gradient kept; ``wrong_tangent``, the tangent ``(v, 0, 1 - alpha)``;
+    ``tangent_factor``, the target ``v - (1 - alpha)(t - r) du/dt``; ``clipped_target``, the target moved
+    ``alpha`` of the way to its clip at +-4. ``alpha = 0`` is ``meanflow``, ``alpha = 1`` the named loss
+    (``tangent_factor``: ``alpha = 0.05``)."""
+    options = {"no_stop_gradient": {"grad_share": alpha}, "wrong_tangent": {"tangent_t": 1.0 - alpha},
+               "tangent_factor": {"factor": 1.0 - alpha}, "clipped_target": {"clip": 4.0, "clip_share": alpha}}
+    if defect not in options:
+        raise ValueError(f"defect must be one of {', '.join(DEFECTS)}, got {defect!r}")
+
+    def loss(model, x0):  # (B, d) rows as Algorithm 1, (B, C, H, W) images as image code
+        return (_meanflow_images if x0.ndim == 4 else _meanflow)(model, x0, **options[defect])
+
+    loss.__name__ = f"{defect}_{alpha:g}"
+    return loss
 
 
 def meanflow_tiny(model, x0):
@@ -259,7 +281,8 @@ def meanflow_labels_ignored(model, x0, labels):
     return meanflow(model, x0)
 
 
-def _meanflow_images(model, x0, stop_gradient=True, tangent_t=1.0):
+def _meanflow_images(model, x0, stop_gradient=True, tangent_t=1.0, factor=1.0, grad_share=0.0, clip=None,
+                     clip_share=1.0):
     if x0.ndim != 4:
         raise ValueError(f"an image loss takes (B, C, H, W) batches, got {tuple(x0.shape)}")
     n = x0.shape[0]
@@ -268,9 +291,11 @@ def _meanflow_images(model, x0, stop_gradient=True, tangent_t=1.0):
     z = (1 - t) * x0 + t * e
     v = e - x0
     u, dudt = torch.func.jvp(model, (z, r, t), (v, torch.zeros_like(r), torch.full_like(t, tangent_t)))
-    target = v - (t - r) * dudt
+    target = v - factor * (t - r) * dudt
+    if clip is not None:
+        target = target + clip_share * (target.clamp(-clip, clip) - target)
     if stop_gradient:
-        target = target.detach()
+        target = target.detach() + grad_share * (target - target.detach())
     return F.mse_loss(u, target)
 
 

@@ -44,7 +44,8 @@ from mfverify.jax import flax_module
 # ------------------------------------------------------------------ MeanFlow's Algorithm 1 in plain JAX
 
 
-def meanflow_jax(apply, params, x0, key, tangent_t=1.0, stop_gradient=True):
+def meanflow_jax(apply, params, x0, key, tangent_t=1.0, stop_gradient=True, factor=1.0, grad_share=0.0, clip=None,
+                 clip_share=1.0):
     """MeanFlow's Algorithm 1 as a function (mfverify's ``(x, r, t)``): logit-normal times sorted, a
     quarter of the batch at ``r != t``, ``jax.jvp`` along ``(v, 0, 1)``, ``stop_gradient``, a batch
     mean; ``tests/as_written_losses.py:meanflow`` in JAX."""
@@ -58,10 +59,29 @@ def meanflow_jax(apply, params, x0, key, tangent_t=1.0, stop_gradient=True):
     v = e - x0
     u, dudt = jax.jvp(lambda z_, r_, t_: apply(params, z_, r_, t_), (z, r, t),
                       (v, jnp.zeros_like(r), jnp.full_like(t, tangent_t)))
-    target = v - (t - r)[:, None] * dudt
+    target = v - factor * (t - r)[:, None] * dudt
+    if clip is not None:
+        target = target + clip_share * (jnp.clip(target, -clip, clip) - target)
     if stop_gradient:
-        target = jax.lax.stop_gradient(target)
+        target = jax.lax.stop_gradient(target) + grad_share * (target - jax.lax.stop_gradient(target))
     return jnp.mean(jnp.sum((u - target) ** 2, axis=1))
+
+
+def defective_jax(defect: str, alpha: float):
+    """``tests/as_written_losses.py:defective`` in JAX, jitted: MeanFlow with ``alpha`` times one defect."""
+    options = {"no_stop_gradient": {"grad_share": alpha}, "wrong_tangent": {"tangent_t": 1.0 - alpha},
+               "tangent_factor": {"factor": 1.0 - alpha}, "clipped_target": {"clip": 4.0, "clip_share": alpha}}
+    if defect not in options:
+        raise ValueError(f"defect must be one of {', '.join(options)}, got {defect!r}")
+    jitted = {}
+
+    def loss(apply, params, x0, key):
+        if apply not in jitted:
+            jitted[apply] = jax.jit(lambda p, x, k: meanflow_jax(apply, p, x, k, **options[defect]))
+        return jitted[apply](params, x0, key)
+
+    loss.__name__ = f"{defect}_{alpha:g}_jax"
+    return loss
 
 
 _JITTED = {}

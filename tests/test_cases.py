@@ -5,6 +5,8 @@ import torch
 from mfverify.cases import GaussianMixture, ProductMixture, get_case, list_cases
 from mfverify.truth import log_density
 
+pytestmark = pytest.mark.float64  # numerical truth, compared at float64 tolerances
+
 NAMES = ["gauss1d", "bimodal1d", "gauss2d_aniso", "ring8", "narrow2d", "dirac2d", "product8d", "random16d"]
 
 

@@ -12,6 +12,8 @@ from mfverify.check.testing import assert_equivalent, batches
 
 from . import public_losses as P
 
+pytestmark = pytest.mark.float64  # numerical truth, compared at float64 tolerances
+
 MF = objectives.get("mf")
 
 

@@ -13,6 +13,8 @@ from mfverify.check import conventions
 from mfverify.check.exact_core import CONVENTIONS, INPUTS, ExactField, cell_bins, stand_in, triangle_cells
 from mfverify.check.exact_network import ExactNetwork
 
+pytestmark = pytest.mark.float64  # numerical truth, compared at float64 tolerances
+
 CASES = ("gauss2d_aniso", "bimodal1d", "ring8", "wide2d")
 # the exact model's values and derivatives are the truth's own (the same solve); the ODE
 # route's answers at the same points agree to round-off, 1e-12 relative with margin

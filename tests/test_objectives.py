@@ -13,6 +13,8 @@ from mfverify.nets import MeanFlowMLP
 from mfverify.theory import identities
 from mfverify.times import sample_times
 
+pytestmark = pytest.mark.float64  # numerical truth, compared at float64 tolerances
+
 MEANFLOW = ["mf_full", "mf_sg", "mf", "mf_nosg", "shortcut"]
 # "compiled" compiles once per model and shape (seconds): tested on one model below
 EAGER_BACKENDS = [b for b in BACKENDS if b != "compiled"]

@@ -18,6 +18,8 @@ from mfverify.truth.fields import velocity_jvp_raw, velocity_raw
 
 from .strategies import gaussians, mixtures, mixtures_1d, points_on_path, product_mixtures, times
 
+pytestmark = pytest.mark.float64  # numerical truth, compared at float64 tolerances
+
 ODE_CASES = ["ring8", "narrow2d", "dirac2d", "random16d"]
 EXACT_CASES = ["gauss1d", "bimodal1d", "gauss2d_aniso", "product8d"]
 # Tight ODE tolerances for route comparisons: the solver's own error is then

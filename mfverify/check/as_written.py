@@ -146,7 +146,7 @@ def run_as_written(fn, cases=None, seed: int = 0, batch_size: int | None = None,
     mixtures = [get_case(c) if isinstance(c, str) else c for c in cases]
     takes_labels = arity(fn, mixtures, front)
     runs = [_CaseRun(front, fn, mixture, case if isinstance(case, str) else repr(mixture), inputs, dtype,
-                     seed + 7919 * ci, seed + 17 * ci, takes_labels,
+                     (seed, ci), seed + 17 * ci, takes_labels,
                      batch_size or (IMAGE_BATCH_SIZE if getattr(mixture, "shape", None) else BATCH_SIZE), resolution,
                      layout)
             for ci, (case, mixture) in enumerate(zip(cases, mixtures))]
@@ -203,6 +203,16 @@ def run_as_written(fn, cases=None, seed: int = 0, batch_size: int | None = None,
     return report
 
 
+def batch_seed(run: tuple, b: int) -> int:
+    """The seed of batch ``b`` of ``run = (seed, case index)`` (``b < 0``: the batches off ``u*``): a hash of
+    all three (numpy's ``SeedSequence``), so the batches of two seeds, two cases or two streams share no
+    draws (with ``seed + b``, seeds 0 and 1 would share all but one batch)."""
+    import numpy as np
+
+    words = [int(v) & (2**64 - 1) for v in (*run, b)]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint32)[0]) >> 2  # 2 seed + 1 < 2^31: any RNG
+
+
 class _CaseRun:
     """One case's batches, grown round by round: off ``u*`` (where the gradient reaches), at ``u*``,
     and the curvature from the first ``CURVATURE_BATCHES`` batches, each also at ``eps_j = +-DELTA``
@@ -227,14 +237,14 @@ class _CaseRun:
         if offset is not None:
             model.offset.copy_(offset)
         try:
-            return self.front.batch(self.fn, model, self.mixture, self.batch_size, self.dtype, self.seed + b,
-                                    self.takes_labels)
+            return self.front.batch(self.fn, model, self.mixture, self.batch_size, self.dtype,
+                                    batch_seed(self.seed, b), self.takes_labels)
         finally:
             model.offset.zero_()
 
     def reach(self):
         J = len(self.model.direction_names)
-        self.off = torch.stack([self._call(100_000 + b, torch.ones(J, dtype=torch.float64))
+        self.off = torch.stack([self._call(-1 - b, torch.ones(J, dtype=torch.float64))
                                 for b in range(REACH_BATCHES)])
 
     def extend(self, target: int, rtol: float, tests: int):

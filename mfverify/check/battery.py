@@ -44,9 +44,9 @@ from mfverify.check import checks as _checks
 from mfverify.check import sampler as _sampler
 from mfverify.check.exact_core import smooth_directions
 from mfverify.check.report import (DEFAULT_CASES, CheckResult, LossError, Report, check_cases, check_int, check_rtol,
-                                   fmt, progress)
-from mfverify.check.statistics import (EQUAL_RTOL, FIVE_SIGMA_P, POWER, STATIONARY_RTOL, Z_POWER, bonferroni_z,
-                                       floored_z)
+                                   fmt, progress, user_code)
+from mfverify.check.statistics import (EQUAL_RTOL, FIVE_SIGMA_P, POWER, STATIONARY_RTOL, bonferroni_z,
+                                       combine, floored_z)
 from mfverify.nets import build_network
 from mfverify.theory import identities
 
@@ -87,12 +87,7 @@ class _Loss:
             options = {**options, "mixture": self.mixture}
         inputs = {"x0": x0, "x1": x1, "r": r, "t": t}
         saved = {k: v.clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-        try:
-            loss = self.objective(model, x0, x1, r, t, **{**self.options, **options})
-        except LossError:
-            raise
-        except Exception as err:  # the loss under test is the user's code: any failure is reported, not a crash
-            raise LossError(f"loss {self.name!r} raised {type(err).__name__}: {err}") from err
+        loss = user_code(lambda: self.objective(model, x0, x1, r, t, **{**self.options, **options}), self.name)
         changed = [k for k, v in saved.items() if not torch.equal(v, inputs[k])]
         if changed:
             raise LossError(f"loss {self.name!r} changed its input {', '.join(changed)} in place; a loss must leave "
@@ -254,7 +249,9 @@ def check_stationary(loss: _Loss, cases, seed, n_points: int, n_samples: int, pr
     exact = loss.objective.is_quadratic(options)
     r0 = loss.objective.trained_at_r0
     per_case, stats, all_moves = {}, [], []
-    m = len(cases) * (n_points if points is None else len(points[2])) * (2 if directions is None else len(directions))
+    n = n_points if points is None else len(points[2])
+    # per point, and (Monte Carlo) the move the points share, per case and direction
+    m = len(cases) * (n + (0 if exact else 1)) * (2 if directions is None else len(directions))
     z_bar = bonferroni_z(m)
     for ci, case in enumerate(cases):
         mixture = get_case(case) if isinstance(case, str) else case
@@ -274,10 +271,14 @@ def check_stationary(loss: _Loss, cases, seed, n_points: int, n_samples: int, pr
                     loss.objective, mixture, h, x, r, t, n_samples=n_samples, generator=gen, **options)
                 H = identities.curvature(loss.objective, mixture, h, x, r, t, exact_model=model, **options).abs()
                 worst[name] = floored_z(mean, se, H, rtol).max().item()
-                # the move detectable with probability POWER at the worst point that the loss trains
+                # the move shared by the points the loss trains (inverse-variance, as the as-written cases'):
+                # tested too, and the one detectable with probability POWER is the check's resolution
                 trained = H > 0
-                moves[name] = float(((z_bar + Z_POWER) * se[trained] / H[trained]).max()) if trained.any() \
-                    else float("inf")
+                if trained.any():
+                    shared = combine(name, mean[trained] / H[trained], se[trained] / H[trained], rtol, z_bar)
+                    worst[name], moves[name] = max(worst[name], shared.z), shared.move
+                else:
+                    moves[name] = float("inf")
         per_case[label] = {f"max_{k}": v for k, v in worst.items()}
         if moves:
             per_case[label].update({f"move_{k}": v for k, v in moves.items()})
@@ -293,8 +294,9 @@ def check_stationary(loss: _Loss, cases, seed, n_points: int, n_samples: int, pr
     else:
         move = max(all_moves)
         rule = (f"Monte Carlo ({n_samples} exact draws of v_c per point): max |z| <= {z_bar:.2f} "
-                f"(5 sigma, Bonferroni over {m} tests; stderr floored at {rtol:g} of the curvature); decided when the "
-                f"move detectable with probability {POWER:g} at each point is at most {MC_RESOLUTION:g} of the direction")
+                f"(5 sigma, Bonferroni over {m} tests: each point, and the move the points share; stderr floored at "
+                f"{rtol:g} of the curvature); decided when the shared move detectable with probability {POWER:g} is at "
+                f"most {MC_RESOLUTION:g} of the direction on each case")
         passed = value <= z_bar
         details["detectable_move"] = move
         if passed and move > MC_RESOLUTION:

@@ -21,7 +21,7 @@ import random
 import torch
 
 from mfverify.check.exact_network import ExactNetwork
-from mfverify.check.report import LossError
+from mfverify.check.report import LossError, user_code
 
 __all__ = ["draw", "loss_value", "arity", "TorchFront", "JaxFront", "FRONTS"]
 
@@ -66,16 +66,6 @@ def loss_value(out, is_array, shape_of, describe):
         raise LossError(f"the loss returned an array of shape {tuple(shape_of(out))}; expected a scalar (the batch "
                         "mean; a per-sample loss goes through mfverify check LOSS)")
     return out
-
-
-def _user_code(call):
-    """Run the user's code: any failure is a ``LossError`` naming it, never a traceback."""
-    try:
-        return call()
-    except LossError:
-        raise
-    except Exception as err:  # the user's code: a failure is reported, never a traceback
-        raise LossError(f"the loss raised {type(err).__name__}: {err}") from err
 
 
 class Unseeded:
@@ -129,7 +119,7 @@ class TorchFront:
         model.eps.grad = None
         before = len(model.calls.r)
         with self.unseeded:
-            out = _user_code(lambda: fn(model, *args))
+            out = user_code(lambda: fn(model, *args))
         loss = loss_value(out, lambda v: isinstance(v, torch.Tensor), lambda v: v.shape,
                           lambda v: type(v).__name__)
         if not loss.dtype.is_floating_point:
@@ -209,15 +199,9 @@ class JaxFront:
 
         def scalar(p, data, key, traced):
             try:
-                out = fn(model.apply, p, *data, key)
-            except LossError:
-                raise
-            except untraceable as err:
-                if traced:
-                    raise _Untraceable from err
-                raise LossError(f"the loss raised {type(err).__name__}: {err}") from err
-            except Exception as err:  # the user's code: a failure is reported, never a traceback
-                raise LossError(f"the loss raised {type(err).__name__}: {err}") from err
+                out = user_code(lambda: fn(model.apply, p, *data, key), passthrough=untraceable if traced else ())
+            except untraceable as err:  # traced: the loss cannot be compiled, so it runs op by op
+                raise _Untraceable from err
             out = loss_value(out, lambda v: hasattr(v, "shape") and hasattr(v, "dtype"), lambda v: v.shape,
                              lambda v: type(v).__name__)
             if not jnp.issubdtype(out.dtype, jnp.floating):

@@ -138,6 +138,18 @@ class LossError(ValueError):
     """The loss under test failed or returned what a loss cannot be (exit 2, not a failed check)."""
 
 
+def user_code(call, name: str | None = None, passthrough: tuple = ()):
+    """Run the user's code (``call()``): any failure is a ``LossError`` naming it (``name``: the loss's),
+    never a traceback; exceptions of the types in ``passthrough`` are raised as they are."""
+    try:
+        return call()
+    except (LossError, *passthrough):
+        raise
+    except Exception as err:  # the user's code: a failure is reported, never a traceback
+        who = f"loss {name!r}" if name else "the loss"
+        raise LossError(f"{who} raised {type(err).__name__}: {err}") from err
+
+
 def progress(enabled: bool, message: str) -> None:
     """A progress line on stderr (the batteries' ``progress=True``)."""
     if enabled:

@@ -10,7 +10,11 @@ Assertions, each raising ``AssertionError`` with the numbers and the rule:
 - ``assert_equivalent(loss, reference, up_to_constant=True, ...)``;
 - ``assert_stationary(loss, mixture="ring8", ...)``: the exact average velocity is a
   stationary point of the population loss (exact route where the loss declares
-  itself quadratic in ``v_c``, Monte Carlo otherwise).
+  itself quadratic in ``v_c``, Monte Carlo otherwise);
+- ``assert_as_written(fn, cases=None, framework="torch", **options)``: the as-written battery
+  (``mfverify check --as-written``) on a batch loss ``fn(model, x0)``, as the repository writes it;
+  a defect raises ``AssertionError``, too little evidence raises ``Undecided`` (a subclass: the
+  test fails, never passes silently), with the report's table. Returns the report.
 
 ``loss`` is anything ``mfverify.objectives.get`` takes: a name, ``"module:attr"``, an
 ``Objective`` or a per-sample loss ``loss(model, x0, x1, r, t) -> (n,)``.
@@ -32,7 +36,8 @@ from mfverify.nets import MeanFlowMLP
 __all__ = [
     "mixtures", "gaussians", "mixtures_1d", "product_mixtures", "lowrank_mixtures", "covariances", "times",
     "networks", "batches",
-    "points_on_path", "assert_reduces_to_fm", "assert_equivalent", "assert_stationary",
+    "points_on_path", "assert_reduces_to_fm", "assert_equivalent", "assert_stationary", "assert_as_written",
+    "Undecided",
 ]
 
 
@@ -201,3 +206,26 @@ def assert_stationary(loss, mixture="ring8", x=None, r=None, t=None, directions=
     if not result.passed:
         _fail(result, subject.name)
     return result.value
+
+
+class Undecided(AssertionError):
+    """``assert_as_written``: some case ran out of batches before deciding, and nothing failed (the
+    command's exit status 3). A failure of the test, never a pass: raise ``max_batches`` or lower the
+    demand (``resolution``), as the message says."""
+
+
+def assert_as_written(fn, cases=None, framework: str = "torch", **options):
+    """The as-written battery on ``fn`` (``mfverify.check.as_written.run_as_written``, with its
+    ``options``: ``seed``, ``max_batches``, ``resolution``, ``inputs``, ``layout``, ...). Passes when every
+    check passes; a failed check raises ``AssertionError``, an undecided case ``Undecided``, each with
+    the report's table and notes. Returns the ``Report`` (its ``checks["stationary_as_written"]``
+    holds the detectable move: how far off ``u*`` a loss would have had to train to be caught)."""
+    from mfverify.check.as_written import run_as_written
+
+    report = run_as_written(fn, cases=cases, framework=framework, **options)
+    if report.verdict == "passed":
+        return report
+    text = "\n".join([report.table(), *report.notes])
+    if report.verdict == "undecided":
+        raise Undecided(f"{report.loss}: undecided (too little evidence, nothing failed)\n{text}")
+    raise AssertionError(f"{report.loss}: {report.verdict}\n{text}")
