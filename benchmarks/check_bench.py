@@ -124,7 +124,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             other = check.run(per)
             cells = [per, other.verdict, f"{time.perf_counter() - start:.1f}"]
-        moves = "-" if verdict == "failed" else f"{move:.3g} / {shared:.3g}"
+        moves = "-" if verdict == "failed" else f"{move:.3g} / " + ("-" if shared != shared else f"{shared:.3g}")
         print(f"| {name} | {verdict} | {failed} | {wall:.1f} | {' / '.join(str(b) for b in batches.values())} | "
               f"{moves} | " + " | ".join(cells) + " |", flush=True)
     print(f"\nslowest as-written run: {worst:.1f} s (bar: {120 if image else 60} s on 2 cores)")
