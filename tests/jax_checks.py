@@ -220,7 +220,9 @@ def test_jax_losses_as_written(name, passes, flags, capsys):
     from mfverify.check import main
 
     case = "bimodal1d" if passes else "gauss2d_aniso"
-    rc = main(["--as-written", name, "--framework", "jax", "--cases", case, "--no-progress", *flags])
+    # decided at 6 % resolution, as tests/test_as_written.py's (the default 3 % is measured in benchmarks/)
+    rc = main(["--as-written", name, "--framework", "jax", "--cases", case, "--no-progress", "--resolution", "0.06",
+               *flags])
     out = capsys.readouterr().out
     assert rc == (0 if passes else 1), out
     if not passes:
@@ -239,7 +241,7 @@ def test_the_official_style_losses_through_the_flax_adapter(name, case, inputs, 
     from mfverify.check import main
 
     rc = main(["--as-written", f"tests.jax_losses:{name}", "--framework", "jax", "--cases", case, "--inputs",
-               inputs, "--no-progress"])
+               inputs, "--no-progress", "--resolution", "0.06"])
     out = capsys.readouterr().out
     assert rc == (0 if passes else 1), out
 
