@@ -9,6 +9,7 @@ COMMANDS = {
     "study": ("mfverify.study.__main__", "run a study (objectives_compare, claims, ...): tables, figures, summary"),
     "check": ("mfverify.check", "check a loss: per sample (LOSS) or as written (--as-written MODULE:FN)"),
     "stability": ("mfverify.theory.stability", "the stability table of the stationary point (claim C12)"),
+    "cases": ("mfverify.cases.cli", "list the named cases (mixtures with exact ground truth): d, components, labels"),
     "figures": ("mfverify.study.figures", "redraw every figure of a finished study folder"),
     "claims": ("mfverify.study.claims", "recompute claims.csv and claims.md of a finished claims study"),
     "headlines": ("mfverify.study.headlines", "the headline numbers of a finished relatives_compare study"),

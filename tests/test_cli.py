@@ -15,7 +15,7 @@ from mfverify.study.__main__ import main as study_main
 from mfverify.study.config import EvalConfig, TrainConfig, ema_warning, load_study, with_objectives
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("study", "check", "stability", "figures", "claims", "headlines")
+TOOLS = ("study", "check", "stability", "cases", "figures", "claims", "headlines")
 
 # only what a newcomer writes: cases, objectives, seeds and [train] steps (plus a small [eval], for time)
 MINIMAL = """[study]
@@ -115,3 +115,20 @@ def test_the_ema_warning_only_where_the_horizon_exceeds_the_steps():
     assert ema_warning(TrainConfig(steps=200, ema_decay=0.0)) is None
     warning = ema_warning(TrainConfig(steps=200, ema_decay=0.999))
     assert "keeps 82% of its initial weights" in warning  # 0.999^200 = 0.8186
+
+
+def test_mfverify_cases_lists_every_named_case_with_its_dimension(capsys):
+    from mfverify.cases import get_case, list_cases
+
+    assert mfverify_main(["cases"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["name", "d", "K"]
+    listed = {line.split()[0]: int(line.split()[1]) for line in lines[1:]}
+    assert listed == {name: get_case(name).d for name in list_cases()}
+
+
+def test_figures_help_states_one_default_for_the_style(capsys):
+    with pytest.raises(SystemExit):
+        mfverify_main(["figures", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: mfverify's own)" in text and "(default: None)" not in text

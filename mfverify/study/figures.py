@@ -528,9 +528,11 @@ def main(argv=None, prog: str = "mfverify figures") -> int:
     parser = argparse.ArgumentParser(prog=prog, description="Redraw every figure of a finished study from its CSVs.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("dir", help="the study's output folder")
-    parser.add_argument("--style", default=None, help="a matplotlib style name or .mplstyle file (default: mfverify's)")
+    parser.add_argument("--style", default=argparse.SUPPRESS,
+                        help="a matplotlib style name or .mplstyle file (default: mfverify's own)")
     parser.add_argument("--format", default=",".join(FORMATS), help="comma-separated: pdf,png")
     args = parser.parse_args(argv)
+    args.style = getattr(args, "style", None)  # SUPPRESS: the help shows one default, not "None"
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     if args.style is not None and args.style not in plt.style.available and not Path(args.style).is_file():
         parser.error(f"--style: {args.style!r} is neither a matplotlib style ({', '.join(plt.style.available[:6])}, "
