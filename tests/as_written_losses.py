@@ -21,6 +21,17 @@ def logit_normal_times(n, dtype, mean=-0.4, std=1.0, share=0.25):
     return torch.where(keep, r, t), t
 
 
+def _target(v, interval, dudt, factor, clip, clip_share, stop_gradient, grad_share):
+    """MeanFlow's target ``v - factor (t - r) du/dt``, moved ``clip_share`` of the way to its clip, under a
+    stop-gradient that keeps a share ``grad_share`` of its gradient (the value unchanged)."""
+    target = v - factor * interval * dudt
+    if clip is not None:
+        target = target + clip_share * (target.clamp(-clip, clip) - target)
+    if stop_gradient:
+        target = target.detach() + grad_share * (target - target.detach())
+    return target
+
+
 def _meanflow(model, x0, tangent_t=1.0, stop_gradient=True, clip=None, backend="func", reduction=None, factor=1.0,
               grad_share=0.0, clip_share=1.0):
     n = x0.shape[0]
@@ -37,11 +48,7 @@ def _meanflow(model, x0, tangent_t=1.0, stop_gradient=True, clip=None, backend="
         with fwAD.dual_level():
             out = model(*(fwAD.make_dual(a, b) for a, b in zip((z, r, t), tangents)))
             u, dudt = fwAD.unpack_dual(out)
-    target = v - factor * (t - r)[:, None] * dudt
-    if clip is not None:
-        target = target + clip_share * (target.clamp(-clip, clip) - target)
-    if stop_gradient:
-        target = target.detach() + grad_share * (target - target.detach())  # the value unchanged
+    target = _target(v, (t - r)[:, None], dudt, factor, clip, clip_share, stop_gradient, grad_share)
     if reduction is not None:
         return reduction(u, target)
     return (u - target).square().sum(1).mean()
@@ -111,19 +118,25 @@ def quartic(model, x0):
 DEFECTS = ("no_stop_gradient", "wrong_tangent", "tangent_factor", "clipped_target")
 
 
+def defect_options(defect: str, alpha: float) -> dict:
+    """The options of ``_meanflow`` (and ``tests/jax_losses.py:meanflow_jax``) for ``alpha`` times ``defect``."""
+    options = {"no_stop_gradient": {"grad_share": alpha}, "wrong_tangent": {"tangent_t": 1.0 - alpha},
+               "tangent_factor": {"factor": 1.0 - alpha}, "clipped_target": {"clip": 4.0, "clip_share": alpha}}
+    if defect not in options:
+        raise ValueError(f"defect must be one of {', '.join(DEFECTS)}, got {defect!r}")
+    return options[defect]
+
+
 def defective(defect: str, alpha: float):
     """MeanFlow with ``alpha`` times one defect (``benchmarks/check_power.py``): ``no_stop_gradient``, a share
     ``alpha`` of the target's gradient kept; ``wrong_tangent``, the tangent ``(v, 0, 1 - alpha)``;
     ``tangent_factor``, the target ``v - (1 - alpha)(t - r) du/dt``; ``clipped_target``, the target moved
     ``alpha`` of the way to its clip at +-4. ``alpha = 0`` is ``meanflow``, ``alpha = 1`` the named loss
     (``tangent_factor``: ``alpha = 0.05``)."""
-    options = {"no_stop_gradient": {"grad_share": alpha}, "wrong_tangent": {"tangent_t": 1.0 - alpha},
-               "tangent_factor": {"factor": 1.0 - alpha}, "clipped_target": {"clip": 4.0, "clip_share": alpha}}
-    if defect not in options:
-        raise ValueError(f"defect must be one of {', '.join(DEFECTS)}, got {defect!r}")
+    options = defect_options(defect, alpha)
 
     def loss(model, x0):  # (B, d) rows as Algorithm 1, (B, C, H, W) images as image code
-        return (_meanflow_images if x0.ndim == 4 else _meanflow)(model, x0, **options[defect])
+        return (_meanflow_images if x0.ndim == 4 else _meanflow)(model, x0, **options)
 
     loss.__name__ = f"{defect}_{alpha:g}"
     return loss
@@ -291,11 +304,7 @@ def _meanflow_images(model, x0, stop_gradient=True, tangent_t=1.0, factor=1.0, g
     z = (1 - t) * x0 + t * e
     v = e - x0
     u, dudt = torch.func.jvp(model, (z, r, t), (v, torch.zeros_like(r), torch.full_like(t, tangent_t)))
-    target = v - factor * (t - r) * dudt
-    if clip is not None:
-        target = target + clip_share * (target.clamp(-clip, clip) - target)
-    if stop_gradient:
-        target = target.detach() + grad_share * (target - target.detach())
+    target = _target(v, t - r, dudt, factor, clip, clip_share, stop_gradient, grad_share)
     return F.mse_loss(u, target)
 
 

@@ -69,15 +69,14 @@ def meanflow_jax(apply, params, x0, key, tangent_t=1.0, stop_gradient=True, fact
 
 def defective_jax(defect: str, alpha: float):
     """``tests/as_written_losses.py:defective`` in JAX, jitted: MeanFlow with ``alpha`` times one defect."""
-    options = {"no_stop_gradient": {"grad_share": alpha}, "wrong_tangent": {"tangent_t": 1.0 - alpha},
-               "tangent_factor": {"factor": 1.0 - alpha}, "clipped_target": {"clip": 4.0, "clip_share": alpha}}
-    if defect not in options:
-        raise ValueError(f"defect must be one of {', '.join(options)}, got {defect!r}")
+    from tests.as_written_losses import defect_options
+
+    options = defect_options(defect, alpha)
     jitted = {}
 
     def loss(apply, params, x0, key):
         if apply not in jitted:
-            jitted[apply] = jax.jit(lambda p, x, k: meanflow_jax(apply, p, x, k, **options[defect]))
+            jitted[apply] = jax.jit(lambda p, x, k: meanflow_jax(apply, p, x, k, **options))
         return jitted[apply](params, x0, key)
 
     loss.__name__ = f"{defect}_{alpha:g}_jax"
